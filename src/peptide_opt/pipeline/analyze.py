@@ -1,0 +1,36 @@
+"""Step ``analyze``: sequence properties of the input peptide and of every design.
+
+All values come from Biopython's ProtParam (``Bio.SeqUtils.ProtParam``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from Bio.SeqUtils.ProtParam import ProteinAnalysis
+from Bio.SeqUtils.ProtParamData import hw as HOPP_WOODS
+
+NET_CHARGE_PH = 7.4
+
+
+def peptide_properties(sequence: str) -> dict[str, Any]:
+    """Return the ProtParam properties of a peptide.
+
+    Keys: ``molecular_weight`` (Da, average masses), ``isoelectric_point``,
+    ``aromaticity`` (fraction of F, W, Y), ``instability_index``, ``gravy`` (the
+    Kyte–Doolittle GRAVY index, reported as hydrophobicity), ``hydrophilicity`` (mean
+    Hopp–Woods value), ``secondary_structure_fraction`` (helix, turn, sheet: the fractions
+    of residues that favour each), and ``net_charge_ph_7_4`` (net charge at pH 7.4).
+    """
+    analysis = ProteinAnalysis(sequence)
+    helix, turn, sheet = analysis.secondary_structure_fraction()
+    return {
+        "molecular_weight": analysis.molecular_weight(),
+        "isoelectric_point": analysis.isoelectric_point(),
+        "aromaticity": analysis.aromaticity(),
+        "instability_index": analysis.instability_index(),
+        "gravy": analysis.gravy(),
+        "hydrophilicity": sum(HOPP_WOODS[letter] for letter in sequence) / len(sequence),
+        "secondary_structure_fraction": (helix, turn, sheet),
+        "net_charge_ph_7_4": analysis.charge_at_pH(NET_CHARGE_PH),
+    }

@@ -1,0 +1,108 @@
+"""The three input forms of a job, turned into one :class:`JobInputs`.
+
+1. Files: a receptor file and a peptide (sequence or FASTA text).
+2. A job folder: ``peptide.fasta``, the receptor, optionally ``optimization_config.txt``.
+3. Storage: fetched into a job folder first (see :mod:`peptide_opt.storage`).
+
+The peptide comes from ``peptide.fasta``; a config ``peptide_sequence`` that differs from
+it is a warning. Command-line values override the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from peptide_opt.config import JobConfig, build_config, parse_config_text, parse_file_name
+from peptide_opt.errors import InputError
+from peptide_opt.pipeline.prepare import (
+    RECEPTOR_SUFFIXES,
+    normalize_peptide,
+    read_peptide_file,
+)
+
+CONFIG_FILE = "optimization_config.txt"
+PEPTIDE_FILE = "peptide.fasta"
+
+
+@dataclasses.dataclass
+class JobInputs:
+    """A validated job: the receptor file, the peptide sequence and the settings."""
+
+    receptor_path: Path
+    peptide: str
+    config: JobConfig
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def load_files(
+    receptor: Path, peptide: str, overrides: Mapping[str, Any] | None = None
+) -> JobInputs:
+    """Build a job from a receptor file and a peptide given as a sequence, FASTA text or
+    the path of a FASTA file."""
+    warnings: list[str] = []
+    peptide_path = Path(peptide) if len(peptide) < 4096 else None
+    if peptide_path is not None and peptide_path.is_file():
+        sequence = read_peptide_file(peptide_path)
+    else:
+        sequence = normalize_peptide(peptide, source="peptide")
+    parse_file_name("receptor file name", receptor.name)
+    config = build_config(dict(overrides or {}), warnings)
+    _check_sequence_config(sequence, config, warnings)
+    return JobInputs(receptor, sequence, config, warnings)
+
+
+def load_job_folder(folder: Path, overrides: Mapping[str, Any] | None = None) -> JobInputs:
+    """Build a job from a job folder (the previous implementation's input form)."""
+    if not folder.is_dir():
+        raise InputError(f"job folder {folder} not found")
+    warnings: list[str] = []
+    values: dict[str, Any] = {}
+    config_path = folder / CONFIG_FILE
+    if config_path.is_file():
+        values.update(parse_config_text(config_path.read_text(errors="replace")))
+    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    config = build_config(values, warnings)
+
+    peptide_path = folder / PEPTIDE_FILE
+    if not peptide_path.is_file():
+        raise InputError(f"job folder {folder.name}: {PEPTIDE_FILE} not found")
+    sequence = read_peptide_file(peptide_path)
+    receptor = find_receptor(folder, config.receptor_pdb_filename)
+    _check_sequence_config(sequence, config, warnings)
+    return JobInputs(receptor, sequence, config, warnings)
+
+
+def find_receptor(folder: Path, file_name: str | None) -> Path:
+    """Return the receptor of a job folder: the named file, or the only structure file."""
+    if file_name:
+        path = folder / parse_file_name("receptor_pdb_filename", file_name)
+        if not path.is_file():
+            raise InputError(
+                f"receptor_pdb_filename {file_name!r} not found in job folder {folder.name}"
+            )
+        return path
+    candidates = sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file() and path.suffix.lower() in RECEPTOR_SUFFIXES
+    )
+    if len(candidates) != 1:
+        found = ", ".join(path.name for path in candidates) or "none"
+        raise InputError(
+            f"job folder {folder.name}: expected exactly one receptor file "
+            f"(*.pdb or *.cif) or receptor_pdb_filename in {CONFIG_FILE}; found {found}"
+        )
+    return candidates[0]
+
+
+def _check_sequence_config(sequence: str, config: JobConfig, warnings: list[str]) -> None:
+    if config.peptide_sequence:
+        stated = normalize_peptide(config.peptide_sequence, source="peptide_sequence")
+        if stated != sequence:
+            warnings.append(
+                f"peptide_sequence {stated} in the config differs from the peptide "
+                f"file's {sequence}; the peptide file is used"
+            )

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as error:
             # An area that is not installed adds no commands; any other missing
             # import inside an existing module is a real error.
-            if error.name != name:
+            if error.name is None or not name.startswith(error.name):
                 raise
             continue
         module.register(subparsers)

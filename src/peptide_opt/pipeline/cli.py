@@ -92,6 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     keys = parser.add_argument_group("job settings (override optimization_config.txt)")
     for key in PARSERS:
+        if key == "storage_prefix":
+            continue  # the --storage-prefix input form above
         names = [f"--{key.replace('_', '-')}"]
         if key in SHORT_FORMS:
             names.append(SHORT_FORMS[key])
@@ -102,7 +104,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the job the arguments describe; return the exit code."""
     configure_logging(debug=args.debug)
-    overrides = {key: getattr(args, key) for key in PARSERS if getattr(args, key) is not None}
+    overrides = {
+        key: getattr(args, key)
+        for key in PARSERS
+        if key != "storage_prefix" and getattr(args, key) is not None
+    }
     cores = args.cores or available_cores()
     if cores < 1:
         raise InputError(f"--cores must be at least 1, got {cores}")

@@ -1,0 +1,1 @@
+"""The PostgreSQL task queue: schema migrations, SQL and the data-access layer."""

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "peptide_opt.worker.cli",
     "peptide_opt.api.cli",
     "peptide_opt.client.cli",
+    "peptide_opt.supervisor_cli",
 )
 
 logger = logging.getLogger(__name__)

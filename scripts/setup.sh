@@ -42,6 +42,11 @@ else
     "${pip[@]}" -e "$root"
 fi
 
+# The web page serves 3Dmol.js from the npm registry's package, never from a CDN.
+if [[ -f "$root/package.json" ]] && command -v npm >/dev/null; then
+    (cd "$root" && npm install --no-audit --no-fund --loglevel=error)
+fi
+
 if [[ $with_tests -eq 1 ]]; then
     "$root/scripts/setup-test-tools.sh"
 fi

@@ -459,7 +459,16 @@ def _repair_with_pdbfixer(
     from pdbfixer import PDBFixer
 
     structure.remove_empty_chains()
-    pdb_text = structure.make_pdb_string(gemmi.PdbWriteOptions(minimal=True))
+    # NOTE: the prepared receptor is kept as PDB text, so a receptor whose chain IDs
+    # exceed two characters or whose atoms exceed 99,999 fails here with gemmi's
+    # message; keeping it as mmCIF through the docking engine would lift this limit.
+    try:
+        pdb_text = structure.make_pdb_string(gemmi.PdbWriteOptions(minimal=True))
+    except RuntimeError as error:
+        raise InputError(
+            f"receptor cannot be written as PDB for docking ({error}); chain IDs of up "
+            "to two characters and up to 99,999 atoms are supported"
+        ) from None
     try:
         fixer = PDBFixer(pdbfile=io.StringIO(pdb_text))
         fixer.findMissingResidues()

@@ -148,7 +148,7 @@ def _load_inputs(args: argparse.Namespace, overrides: dict[str, Any]):
 def _run_from_storage(
     prefix: str, output_dir: Path, overrides: dict[str, Any], cores: int, progress
 ) -> dict[str, Any]:
-    from peptide_opt.pipeline.inputs import load_job_folder
+    from peptide_opt.pipeline.inputs import check_stated_prefix, load_job_folder
     from peptide_opt.pipeline.runner import run_pipeline
     from peptide_opt.settings import Settings
     from peptide_opt.storage import (
@@ -169,23 +169,6 @@ def _run_from_storage(
     progress.step("upload", 100)
     logger.info("step_finished step=upload duration=%.2fs", time.perf_counter() - started)
     return result
-
-
-def check_stated_prefix(inputs, prefix: str) -> None:
-    """Warn when the config's storage_prefix or receptor_storage_key disagree with the
-    job's prefix; the job's prefix is used."""
-    config = inputs.config
-    if config.storage_prefix and config.storage_prefix.strip("/") != prefix:
-        inputs.warnings.append(
-            f"storage_prefix {config.storage_prefix!r} in the config differs from the "
-            f"job's prefix {prefix!r}; the job's prefix is used"
-        )
-    expected_key = f"{prefix}/input/{inputs.receptor_path.name}"
-    if config.receptor_storage_key and config.receptor_storage_key.strip("/") != expected_key:
-        inputs.warnings.append(
-            f"receptor_storage_key {config.receptor_storage_key!r} in the config differs "
-            f"from {expected_key!r}; the job's input folder is used"
-        )
 
 
 class _Progress:

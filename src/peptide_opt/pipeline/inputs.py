@@ -98,6 +98,23 @@ def find_receptor(folder: Path, file_name: str | None) -> Path:
     return candidates[0]
 
 
+def check_stated_prefix(inputs: JobInputs, prefix: str) -> None:
+    """Warn when the config's storage_prefix or receptor_storage_key disagree with the
+    job's prefix; the job's prefix is used."""
+    config = inputs.config
+    if config.storage_prefix and config.storage_prefix.strip("/") != prefix:
+        inputs.warnings.append(
+            f"storage_prefix {config.storage_prefix!r} in the config differs from the "
+            f"job's prefix {prefix!r}; the job's prefix is used"
+        )
+    expected_key = f"{prefix}/input/{inputs.receptor_path.name}"
+    if config.receptor_storage_key and config.receptor_storage_key.strip("/") != expected_key:
+        inputs.warnings.append(
+            f"receptor_storage_key {config.receptor_storage_key!r} in the config differs "
+            f"from {expected_key!r}; the job's input folder is used"
+        )
+
+
 def _check_sequence_config(sequence: str, config: JobConfig, warnings: list[str]) -> None:
     if config.peptide_sequence:
         stated = normalize_peptide(config.peptide_sequence, source="peptide_sequence")

@@ -69,6 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peptide-opt: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - the last resort for an unexpected bug
+        if args.debug:
+            raise
+        print(
+            f"peptide-opt: internal error: {type(error).__name__}: {error} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _describe(error: BaseException) -> str:

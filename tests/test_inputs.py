@@ -1,0 +1,118 @@
+"""Input forms, their precedence, and the run command's answer to bad input."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peptide_opt.errors import InputError
+from peptide_opt.pipeline.inputs import check_stated_prefix, load_files, load_job_folder
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def job_folder(tmp_path) -> Path:
+    folder = tmp_path / "job"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "1czy" / "1czy_complex.pdb", folder / "receptor.pdb")
+    (folder / "peptide.fasta").write_text(">p\nPQQATDD\n")
+    return folder
+
+
+def test_job_folder_with_config(job_folder):
+    (job_folder / "optimization_config.txt").write_text(
+        "n_poses=3\nsite_chain=B\npeptide_sequence=PQQATDE\ncores=12\n"
+    )
+    inputs = load_job_folder(job_folder)
+    assert inputs.peptide == "PQQATDD"
+    assert inputs.receptor_path.name == "receptor.pdb"
+    assert inputs.config.n_poses == 3
+    assert inputs.config.site_chain == "B"
+    assert (
+        "peptide_sequence PQQATDE in the config differs from the peptide file's PQQATDD; "
+        "the peptide file is used"
+    ) in inputs.warnings
+
+
+def test_command_line_overrides_config(job_folder):
+    (job_folder / "optimization_config.txt").write_text("n_poses=3\n")
+    inputs = load_job_folder(job_folder, {"n_poses": "5"})
+    assert inputs.config.n_poses == 5
+
+
+def test_receptor_named_by_config_must_exist(job_folder):
+    (job_folder / "optimization_config.txt").write_text("receptor_pdb_filename=5ffg.pdb\n")
+    with pytest.raises(InputError, match="receptor_pdb_filename '5ffg.pdb' not found"):
+        load_job_folder(job_folder)
+
+
+def test_receptor_file_name_with_separator_rejected(job_folder):
+    (job_folder / "optimization_config.txt").write_text("receptor_pdb_filename=../x.pdb\n")
+    with pytest.raises(InputError, match="must be a plain file name"):
+        load_job_folder(job_folder)
+
+
+def test_two_receptor_candidates_rejected(job_folder):
+    shutil.copy(job_folder / "receptor.pdb", job_folder / "other.cif")
+    with pytest.raises(InputError, match="expected exactly one receptor file .* other.cif, receptor.pdb"):
+        load_job_folder(job_folder)
+
+
+def test_peptide_from_fasta_file(tmp_path):
+    fasta = tmp_path / "p.fasta"
+    fasta.write_text(">x\nPQQATDD\n")
+    inputs = load_files(EXAMPLES / "1czy" / "1czy_complex.pdb", str(fasta))
+    assert inputs.peptide == "PQQATDD"
+
+
+def test_stated_prefix_mismatch_warns(job_folder):
+    (job_folder / "optimization_config.txt").write_text(
+        "storage_prefix=jobs/peptide_optimization/other\n"
+        "receptor_storage_key=jobs/peptide_optimization/other/input/receptor.pdb\n"
+    )
+    inputs = load_job_folder(job_folder)
+    check_stated_prefix(inputs, "jobs/peptide_optimization/abc")
+    assert len(inputs.warnings) == 2
+    assert "the job's prefix is used" in inputs.warnings[0]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "peptide_opt.cli", "run", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--peptide", "PQQZTDD"], "'Z' at position 4 is not one of the 20 standard amino acids"),
+        (["--peptide", "PQQATDD", "--poses", "0"], "n_poses must be between 1 and 50, got 0"),
+        (["--peptide", "PQQATDD", "--site-size", "50,20,20"], "site_size must be between 5 and 40, got 50"),
+        (["--peptide", "PQQATDD", "--site-chain", "Q"], "site_chain 'Q' not found"),
+    ],
+)
+def test_run_bad_input_exit_code_2(tmp_path, args, message):
+    output = tmp_path / "out"
+    completed = run_cli(
+        "--receptor", str(EXAMPLES / "1czy" / "1czy_complex.pdb"), *args,
+        "--output-dir", str(output), cwd=tmp_path,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert message in completed.stderr
+    assert "Traceback" not in completed.stderr
+    # No partial output may pass for a result.
+    assert not (output / "manifest.json").exists()
+    assert not (output / "result.csv").exists()
+
+
+def test_run_needs_one_input_form(tmp_path):
+    completed = run_cli("--input-dir", str(tmp_path), "--peptide", "PQQ", cwd=tmp_path)
+    assert completed.returncode == 2
+    assert "give exactly one input form" in completed.stderr

@@ -1,0 +1,305 @@
+"""Task submission: validate the inputs, store them in the platform's layout, queue.
+
+A submission is checked by the pipeline's own validators (``build_config``,
+``normalize_peptide`` and ``validate_receptor_file``) before anything is stored, so
+invalid input gets a 422 with their message and no task is created. Its inputs go
+to ``jobs/peptide_optimization/<task id>/`` exactly as the platform lays them out, and
+the row is a plain ``INSERT`` with status ``pending``: workers cannot tell the two
+kinds of task apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from peptide_opt.api import queries
+from peptide_opt.api.errors import ApiError
+from peptide_opt.api.keys import Caller, utc_now
+from peptide_opt.config import CONFIG_KEYS, JobConfig, build_config, parse_file_name
+from peptide_opt.errors import InputError
+from peptide_opt.pipeline.prepare import normalize_peptide, validate_receptor_file
+from peptide_opt.storage.base import ObjectNotFoundError, Storage
+from peptide_opt.storage.keys import InvalidKeyError, job_prefix, validate_key
+
+logger = logging.getLogger(__name__)
+
+#: Config keys the API sets itself from the submission; a caller may not set them.
+SERVER_KEYS = frozenset(
+    {"peptide_sequence", "receptor_pdb_filename", "storage_prefix", "receptor_storage_key"}
+)
+#: The config keys a submission may set, in the order optimization_config.txt lists them.
+USER_KEYS = tuple(key for key in CONFIG_KEYS if key not in SERVER_KEYS)
+#: Platform keys that build_config accepts and ignores with a warning.
+PLATFORM_IGNORED_KEYS = ("cores", "n_rosetta_runs")
+PRIORITY_RANGE = (-1000, 1000)
+MAX_PEPTIDE_TEXT = 10_000
+
+
+@dataclasses.dataclass
+class Submission:
+    """A validated submission, ready to be stored and queued."""
+
+    peptide: str
+    receptor_name: str
+    receptor_path: Path
+    config: JobConfig
+    config_keys: tuple[str, ...]
+    priority: int
+    warnings: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The per-user submission limits of one API process."""
+
+    max_pending_per_user: int
+    submit_rate_per_minute: int
+
+
+# -- validation ----------------------------------------------------------------------
+
+
+def validate_config_fields(values: Mapping[str, Any]) -> tuple[JobConfig, list[str]]:
+    """Validate config fields with :func:`build_config`; unknown fields are rejected.
+
+    Returns the config and build_config's warnings (ignored platform keys).
+    """
+    for key in values:
+        if key in SERVER_KEYS:
+            raise InputError(
+                f"field {key!r} is set by the server from the submitted files and may "
+                "not be given"
+            )
+        if key not in USER_KEYS and key not in PLATFORM_IGNORED_KEYS:
+            raise InputError(
+                f"unknown field {key!r}; config fields are: {', '.join(USER_KEYS)}"
+            )
+    warnings: list[str] = []
+    config = build_config(values, warnings)
+    return config, warnings
+
+
+def parse_priority(raw: Any) -> int:
+    """Return the task's priority (higher runs first) after checking its range."""
+    low, high = PRIORITY_RANGE
+    if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+        return 0
+    try:
+        value = int(str(raw).strip()) if not isinstance(raw, int) else raw
+    except ValueError:
+        raise InputError(f"priority must be a whole number, got {raw!r}") from None
+    if isinstance(raw, bool) or not low <= value <= high:
+        raise InputError(f"priority must be between {low} and {high}, got {raw!r}")
+    return value
+
+
+def receptor_file_name(name: str | None) -> str:
+    """Return the upload's plain file name, checked as ``receptor_pdb_filename``."""
+    if not name:
+        raise InputError("receptor: the upload has no file name")
+    # Browsers on some systems send a full client path; only its last part is a name.
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return parse_file_name("receptor file name", base)
+
+
+def normalize_peptide_text(text: str) -> str:
+    """Return the one-letter peptide of a sequence or FASTA text."""
+    if len(text) > MAX_PEPTIDE_TEXT:
+        raise InputError(
+            f"peptide text is {len(text)} characters, over the limit of "
+            f"{MAX_PEPTIDE_TEXT}"
+        )
+    return normalize_peptide(text, "peptide")
+
+
+async def check_receptor(path: Path) -> None:
+    """Run the pipeline's receptor validator in a thread (it parses the structure)."""
+    await asyncio.to_thread(validate_receptor_file, path)
+
+
+def uploads_prefix(caller: Caller) -> str:
+    """Return the caller's folder for files named by JSON submissions."""
+    return f"uploads/{caller.user_id}/"
+
+
+def check_upload_key(caller: Caller, key: str, field: str) -> str:
+    """Return a storage key after checking that it lies under the caller's uploads.
+
+    A malformed key is an :class:`InputError`; another user's key is a 403.
+    """
+    try:
+        key = validate_key(key, field)
+    except InvalidKeyError as error:
+        raise InputError(str(error)) from None
+    if not key.startswith(uploads_prefix(caller)):
+        raise ApiError(
+            403,
+            f"{field} {key!r} is outside your uploads folder {uploads_prefix(caller)}",
+        )
+    return key
+
+
+# -- storing and queueing ------------------------------------------------------------
+
+
+def config_text(submission: Submission, prefix: str) -> str:
+    """Return optimization_config.txt: the caller's keys and the platform's file keys."""
+    lines = ["# Written by the peptide-opt API"]
+    values = submission.config.to_dict()
+    for key in submission.config_keys:
+        lines.append(f"{key}={_config_value_text(values[key])}")
+    lines.append(f"peptide_sequence={submission.peptide}")
+    lines.append(f"receptor_pdb_filename={submission.receptor_name}")
+    lines.append(f"storage_prefix={prefix}")
+    lines.append(f"receptor_storage_key={prefix}/input/{submission.receptor_name}")
+    return "\n".join(lines) + "\n"
+
+
+def _config_value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, list):
+        # aa_bias is a list of (letter, weight) pairs; the others are flat lists.
+        return ",".join(
+            f"{item[0]}:{item[1]:g}" if isinstance(item, (list, tuple)) else f"{item}"
+            for item in value
+        )
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+async def store_inputs(storage: Storage, submission: Submission, prefix: str) -> None:
+    """Write the job's three inputs under ``prefix`` in the platform's layout."""
+    await storage.upload_file(
+        submission.receptor_path, f"{prefix}/input/{submission.receptor_name}"
+    )
+    await storage.write_text(
+        f"{prefix}/input/peptide.fasta", f">peptide\n{submission.peptide}\n"
+    )
+    # The config goes last: a job folder with a config has all of its inputs.
+    await storage.write_text(f"{prefix}/optimization_config.txt", config_text(submission, prefix))
+
+
+async def check_rate(pool: asyncpg.Pool, caller: Caller, limits: Limits) -> None:
+    """Count the submission in this minute's window; raise 429 over the limit.
+
+    The counter row lives in the database, so every API process shares it.
+    """
+    if limits.submit_rate_per_minute <= 0:
+        return
+    now = utc_now()
+    window = now.replace(second=0, microsecond=0)
+    count = await pool.fetchval(
+        queries.COUNT_SUBMISSION, caller.user_id, window, limits.submit_rate_per_minute
+    )
+    if count is None:
+        retry_after = 60 - now.second
+        raise ApiError(
+            429,
+            f"submission rate limit reached: {limits.submit_rate_per_minute} per minute "
+            f"(SUBMIT_RATE_PER_MINUTE); retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+async def check_pending(
+    connection: asyncpg.Connection | asyncpg.Pool, caller: Caller, limits: Limits
+) -> None:
+    """Raise 429 when the caller already has the maximum of pending tasks."""
+    pending = await connection.fetchval(
+        queries.COUNT_PENDING, caller.user_id, queries.TASK_TYPE
+    )
+    if pending >= limits.max_pending_per_user:
+        raise ApiError(
+            429,
+            f"you have {pending} pending tasks, the limit is "
+            f"{limits.max_pending_per_user} (MAX_PENDING_PER_USER); wait for some to "
+            "start or cancel them",
+        )
+
+
+async def queue_submission(
+    pool: asyncpg.Pool,
+    storage: Storage,
+    caller: Caller,
+    submission: Submission,
+    limits: Limits,
+) -> str:
+    """Store the inputs and insert the task row; return the new task's id."""
+    started = time.perf_counter()
+    await check_rate(pool, caller, limits)
+    # A first check without the lock refuses early, before anything is stored.
+    await check_pending(pool, caller, limits)
+
+    task_id = str(uuid.uuid4())
+    prefix = job_prefix(task_id)
+    try:
+        await store_inputs(storage, submission, prefix)
+        async with pool.acquire() as connection, connection.transaction():
+            # The per-user lock makes the count and the insert one step for every
+            # API process, so the pending limit holds under concurrent submissions.
+            await connection.execute(queries.LOCK_USER_SUBMISSIONS, caller.user_id)
+            await check_pending(connection, caller, limits)
+            now = utc_now()
+            await connection.execute(
+                queries.INSERT_TASK,
+                task_id,
+                caller.user_id,
+                queries.TASK_TYPE,
+                prefix,
+                now,
+                submission.priority,
+            )
+    except BaseException:
+        await _discard_inputs(storage, prefix)
+        raise
+
+    logger.info(
+        "task_submitted: task %s by user %s queued in %.3f s",
+        task_id,
+        caller.user_id,
+        time.perf_counter() - started,
+        extra={
+            "event": "task_submitted",
+            "task_id": task_id,
+            "user_id": caller.user_id,
+            "duration_s": time.perf_counter() - started,
+        },
+    )
+    return task_id
+
+
+async def _discard_inputs(storage: Storage, prefix: str) -> None:
+    try:
+        await asyncio.shield(storage.delete_prefix(prefix))
+    except Exception as error:  # noqa: BLE001 - the original error is what matters
+        logger.warning(
+            "submission_cleanup_failed: could not delete %s: %s",
+            prefix,
+            error,
+            extra={"event": "submission_cleanup_failed", "prefix": prefix},
+        )
+
+
+async def fetch_upload(storage: Storage, key: str, destination: Path, field: str) -> Path:
+    """Download an uploaded file for validation; a missing key is an InputError."""
+    try:
+        return await storage.download_file(key, destination)
+    except ObjectNotFoundError:
+        raise InputError(f"{field} {key!r} not found in storage") from None
+
+
+def temporary_folder() -> tempfile.TemporaryDirectory:
+    """Return a folder for one submission's files, removed when the request ends."""
+    return tempfile.TemporaryDirectory(prefix="peptide-opt-submit-")

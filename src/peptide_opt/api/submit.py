@@ -25,7 +25,8 @@ import asyncpg
 from peptide_opt.api import queries
 from peptide_opt.api.errors import ApiError
 from peptide_opt.api.keys import Caller, utc_now
-from peptide_opt.config import CONFIG_KEYS, JobConfig, build_config, parse_file_name
+from peptide_opt.api.fields import SERVER_KEYS, USER_KEYS
+from peptide_opt.config import JobConfig, build_config, parse_file_name
 from peptide_opt.errors import InputError
 from peptide_opt.pipeline.prepare import normalize_peptide, validate_receptor_file
 from peptide_opt.storage.base import ObjectNotFoundError, Storage
@@ -33,12 +34,6 @@ from peptide_opt.storage.keys import InvalidKeyError, job_prefix, validate_key
 
 logger = logging.getLogger(__name__)
 
-#: Config keys the API sets itself from the submission; a caller may not set them.
-SERVER_KEYS = frozenset(
-    {"peptide_sequence", "receptor_pdb_filename", "storage_prefix", "receptor_storage_key"}
-)
-#: The config keys a submission may set, in the order optimization_config.txt lists them.
-USER_KEYS = tuple(key for key in CONFIG_KEYS if key not in SERVER_KEYS)
 #: Platform keys that build_config accepts and ignores with a warning.
 PLATFORM_IGNORED_KEYS = ("cores", "n_rosetta_runs")
 PRIORITY_RANGE = (-1000, 1000)

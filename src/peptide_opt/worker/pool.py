@@ -1,0 +1,261 @@
+"""Task processes: each runs one task at a time and is reused for the next.
+
+A worker starts one :class:`TaskProcess` per slot before it claims anything, so a
+task starts in a process whose handlers are already imported. A task process is a
+session leader, so that killing its process group also stops the programs it
+started, and it gets SIGKILL when the worker dies (Linux ``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from peptide_opt.errors import InputError, PeptideOptError, TaskCancelled
+from peptide_opt.worker.context import TaskContext
+from peptide_opt.worker.registry import load_handler
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+# The worker's main process runs threads and database connections, which a fork
+# would copy in an unsafe state.
+_CONTEXT = multiprocessing.get_context("spawn")
+
+
+class TaskProcessDied(Exception):
+    """The task process exited while it ran a task."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskResult:
+    """The last message of a task: done, or failed with an error."""
+
+    ok: bool
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    retryable: bool = False
+    outcome: str = "finished"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepReport:
+    step: str
+    progress: float
+    seconds: float
+
+
+class TaskProcess:
+    """One pool process and the pipe to it."""
+
+    def __init__(self, handler_specs: dict[str, str], cores: int) -> None:
+        self._handler_specs = handler_specs
+        self._cores = cores
+        self.n_tasks = 0
+        self._pipe, child_end = _CONTEXT.Pipe()
+        self._process = _CONTEXT.Process(
+            target=_child_main,
+            args=(child_end, handler_specs, cores),
+            name="peptide-opt-task",
+        )
+        self._process.start()
+        child_end.close()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def is_alive(self) -> bool:
+        return self._process.is_alive()
+
+    def exit_description(self) -> str:
+        code = self._process.exitcode
+        if code is None:
+            return "still running"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    def send_task(self, payload: dict[str, Any]) -> None:
+        self.n_tasks += 1
+        self._pipe.send(("run", payload))
+
+    def receive(self, timeout: float) -> StepReport | TaskResult | None:
+        """Return the next message within ``timeout`` seconds, or None.
+
+        Raises :class:`TaskProcessDied` when the process exits first.
+        """
+        ready = multiprocessing.connection.wait(
+            [self._pipe, self._process.sentinel], timeout
+        )
+        if not ready:
+            return None
+        if self._pipe in ready:
+            try:
+                return self._pipe.recv()
+            except (EOFError, OSError):
+                pass
+        self._process.join(timeout=5)
+        raise TaskProcessDied(self.exit_description())
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the process and all its children, in bytes."""
+        try:
+            parent = psutil.Process(self._process.pid)
+            processes = [parent, *parent.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for process in processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+    def kill(self) -> None:
+        """Kill the process and everything it started; wait until it is gone."""
+        try:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._process.join(timeout=10)
+        self._pipe.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask an idle process to exit; kill it when it does not."""
+        try:
+            self._pipe.send(("stop", None))
+        except (OSError, ValueError):
+            pass
+        self._process.join(timeout=timeout)
+        if self._process.is_alive():
+            self.kill()
+        else:
+            self._pipe.close()
+
+
+# -- the task process side ------------------------------------------------------------
+
+
+def _child_main(
+    pipe: multiprocessing.connection.Connection,
+    handler_specs: dict[str, str],
+    cores: int,
+) -> None:
+    os.setsid()
+    _die_with_parent()
+    # The worker decides when a task stops; Ctrl-C in a terminal reaches the worker
+    # only, because this process left the terminal's process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in _THREAD_VARIABLES:
+        os.environ[name] = str(cores)
+
+    handlers: dict[str, Any] = {}
+    while True:
+        try:
+            kind, payload = pipe.recv()
+        except (EOFError, OSError):
+            return
+        if kind == "stop":
+            return
+        result = _run_task(pipe, payload, handler_specs, handlers, cores)
+        pipe.send(result)
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The parent may have died before prctl took effect.
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+def _run_task(
+    pipe: multiprocessing.connection.Connection,
+    payload: dict[str, Any],
+    handler_specs: dict[str, str],
+    handlers: dict[str, Any],
+    cores: int,
+) -> TaskResult:
+    task_type = payload["task_type"]
+    last_step_at = time.monotonic()
+
+    def report_step(step: str, progress: float) -> None:
+        nonlocal last_step_at
+        now = time.monotonic()
+        pipe.send(StepReport(step, float(progress), now - last_step_at))
+        last_step_at = now
+
+    try:
+        handler = handlers.get(task_type)
+        if handler is None:
+            handler = handlers[task_type] = load_handler(handler_specs[task_type])
+        _limit_torch_threads(cores)
+        context = TaskContext(
+            task_id=payload["task_id"],
+            task_type=task_type,
+            user_id=payload["user_id"],
+            job_dir=payload["job_dir"],
+            attempt=payload["attempt"],
+            max_attempts=payload["max_attempts"],
+            worker_id=payload["worker_id"],
+            workdir=Path(payload["workdir"]),
+            cores=cores,
+            report_step=report_step,
+        )
+        summary = handler(context)
+        return TaskResult(ok=True, summary=_json_ready(summary))
+    except TaskCancelled as error:
+        return TaskResult(ok=False, error=str(error), outcome="cancelled")
+    except InputError as error:
+        return TaskResult(ok=False, error=str(error), outcome="failed")
+    except PeptideOptError as error:
+        return TaskResult(ok=False, error=str(error), retryable=True, outcome="failed")
+    except MemoryError:
+        return TaskResult(ok=False, error="task ran out of memory", outcome="memory")
+    except Exception as error:  # noqa: BLE001 - any handler error fails the task
+        traceback.print_exc()
+        return TaskResult(
+            ok=False,
+            error=f"internal error: {type(error).__name__}: {error}",
+            retryable=True,
+            outcome="failed",
+        )
+
+
+def _limit_torch_threads(cores: int) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != cores:
+        torch.set_num_threads(cores)
+
+
+def _json_ready(summary: Any) -> dict[str, Any] | None:
+    # The summary goes into a JSONB column; values json cannot write become text.
+    if summary is None:
+        return None
+    if not isinstance(summary, dict):
+        summary = {"result": summary}
+    return json.loads(json.dumps(summary, default=str))

@@ -130,8 +130,9 @@ class FilerStorage(Storage):
                 f"{response.text.strip()[:300]}"
             )
         try:
-            stored_size = int(response.json()["size"])
-        except (ValueError, KeyError, TypeError) as error:
+            # The Filer leaves "size" out of its reply for an empty file.
+            stored_size = int(response.json().get("size", 0))
+        except (ValueError, AttributeError, TypeError) as error:
             raise TransientStorageError(
                 f"unexpected Filer reply to writing {key!r}: {response.text[:200]!r}"
             ) from error
@@ -215,6 +216,9 @@ class FilerStorage(Storage):
         return int(entry.get("FileSize", 0))
 
     async def _list_keys(self, prefix: str) -> list[str]:
+        entry = await self._metadata(prefix)
+        if entry is None or not _is_folder(entry):
+            return []
         keys: list[str] = []
         folders = [prefix]
         root = f"/buckets/{self.bucket}/"
@@ -253,8 +257,9 @@ class FilerStorage(Storage):
             try:
                 page = response.json()
             except ValueError as error:
-                # A file at the folder's path makes the Filer send the file itself.
-                raise StorageError(f"{folder!r} is not a folder of keys") from error
+                raise TransientStorageError(
+                    f"unexpected Filer listing of {folder!r}: {response.text[:200]!r}"
+                ) from error
             page_entries = page.get("Entries") or []
             entries.extend(page_entries)
             if not page.get("ShouldDisplayLoadMore") or not page_entries:

@@ -90,6 +90,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="CPU cores to use (default: all available to this process)",
     )
+    parser.add_argument(
+        "--from-step",
+        choices=[step for step in STEPS if step != "upload"],
+        help="rerun from this step on the checkpoints of a kept job (an earlier run "
+        "into the same --output-dir with --cleanup False)",
+    )
+    parser.add_argument(
+        "--only-step",
+        choices=[step for step in STEPS if step != "upload"],
+        help="run only this step on the checkpoints of a kept job",
+    )
     keys = parser.add_argument_group("job settings (override optimization_config.txt)")
     for key in PARSERS:
         if key == "storage_prefix":
@@ -129,8 +140,18 @@ def run_command(args: argparse.Namespace) -> int:
         inputs = _load_inputs(args, overrides)
         from peptide_opt.pipeline.runner import run_pipeline
 
-        result = run_pipeline(inputs, args.output_dir, cores=cores, on_step=progress.step)
+        result = run_pipeline(
+            inputs,
+            args.output_dir,
+            cores=cores,
+            on_step=progress.step,
+            from_step=args.from_step,
+            only_step=args.only_step,
+        )
     progress.close()
+    if result is None:
+        print(f"Step {args.only_step} finished; its checkpoint is in {args.output_dir}/.work/")
+        return 0
     _print_summary(result, args.output_dir)
     return 0
 

@@ -1,14 +1,18 @@
-"""Chain the steps of one job and write its outputs.
+"""Chain the steps of one job, keep a checkpoint per step, and write the outputs.
 
-:func:`run_job` is what the command line and the worker call. It reports each finished
-step through ``on_step(step, progress_percent)`` and returns the result record that
-result.json holds (without the platform's ``results`` list).
+:func:`run_job` is what the worker calls and :func:`run_pipeline` what ``peptide-opt run``
+calls. Both report each finished step through ``on_step(step, progress_percent)`` and
+return the result record that result.json holds (without the platform's ``results``
+list). ``on_checkpoint(step, folder)`` is called after a step's checkpoint is written, so
+a worker can copy it to storage.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -16,27 +20,41 @@ from typing import Any
 
 from peptide_opt import __version__
 from peptide_opt.errors import InputError
-from peptide_opt.pipeline import analyze, assemble, outputs
+from peptide_opt.pipeline import analyze, assemble, checkpoints, outputs
 from peptide_opt.pipeline.inputs import JobInputs, load_job_folder
 from peptide_opt.pipeline.prepare import prepare_receptor
-from peptide_opt.pipeline.types import PoseDesigns
+from peptide_opt.pipeline.types import PeptideModel
 
 logger = logging.getLogger(__name__)
+
+#: The steps this runner executes, in order (``upload`` belongs to the caller).
+RUN_STEPS = (
+    "prepare",
+    "model",
+    "site",
+    "dock",
+    "score",
+    "assemble",
+    "design",
+    "rescore",
+    "analyze",
+)
 
 #: Progress (percent) reached when each step finishes; ``upload`` brings it to 100.
 STEP_PROGRESS = {
     "prepare": 5,
     "model": 8,
     "site": 10,
-    "dock": 55,
-    "score": 62,
-    "assemble": 64,
-    "design": 85,
-    "rescore": 85,
-    "analyze": 90,
+    "dock": 50,
+    "score": 56,
+    "assemble": 58,
+    "design": 70,
+    "rescore": 88,
+    "analyze": 95,
 }
 
 StepCallback = Callable[[str, float], None]
+CheckpointCallback = Callable[[str, Path], None]
 
 
 def run_job(
@@ -45,10 +63,19 @@ def run_job(
     overrides: Mapping[str, Any] | None = None,
     cores: int = 1,
     on_step: StepCallback | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
+    resume: bool = True,
 ) -> dict[str, Any]:
-    """Run the job of a job folder and write its outputs to ``output_dir``."""
+    """Run the job of a job folder; resume after the last step in ``output_dir/.work``."""
     inputs = load_job_folder(job_dir, overrides)
-    return run_pipeline(inputs, output_dir, cores=cores, on_step=on_step)
+    return run_pipeline(
+        inputs,
+        output_dir,
+        cores=cores,
+        on_step=on_step,
+        on_checkpoint=on_checkpoint,
+        resume=resume,
+    )
 
 
 def run_pipeline(
@@ -56,14 +83,28 @@ def run_pipeline(
     output_dir: Path,
     cores: int = 1,
     on_step: StepCallback | None = None,
-) -> dict[str, Any]:
-    """Run every step on validated inputs; write the outputs, manifest.json last."""
+    on_checkpoint: CheckpointCallback | None = None,
+    resume: bool = False,
+    from_step: str | None = None,
+    only_step: str | None = None,
+) -> dict[str, Any] | None:
+    """Run the steps on validated inputs and write the outputs, manifest.json last.
+
+    ``resume`` reuses every finished step's checkpoint. ``from_step`` reuses the
+    checkpoints before that step and runs it and all later ones; ``only_step`` runs that
+    one step on the checkpoints before it and writes no outputs unless it is the last
+    step. Returns the result record, or None when ``only_step`` stopped early.
+    """
+    for name, value in (("--from-step", from_step), ("--only-step", only_step)):
+        if value is not None and value not in RUN_STEPS:
+            raise InputError(f"{name} must be one of {', '.join(RUN_STEPS)}, got {value!r}")
     output_dir.mkdir(parents=True, exist_ok=True)
     # A manifest left by an earlier run would mark this run's partial outputs complete.
     (output_dir / outputs.MANIFEST_NAME).unlink(missing_ok=True)
-    with _run_log(output_dir / "run.log"):
-        run = _PipelineRun(inputs, output_dir, max(1, cores), on_step)
-        return run.execute()
+    log_mode = "a" if (from_step or only_step or resume) else "w"
+    with _run_log(output_dir / "run.log", log_mode):
+        run = _PipelineRun(inputs, output_dir, max(1, cores), on_step, on_checkpoint)
+        return run.execute(resume=resume, from_step=from_step, only_step=only_step)
 
 
 class _PipelineRun:
@@ -73,171 +114,247 @@ class _PipelineRun:
         output_dir: Path,
         cores: int,
         on_step: StepCallback | None,
+        on_checkpoint: CheckpointCallback | None,
     ) -> None:
         self.inputs = inputs
         self.config = inputs.config
         self.output_dir = output_dir
         self.cores = cores
         self.on_step = on_step
+        self.on_checkpoint = on_checkpoint
         self.timings: dict[str, float] = {}
         self.warnings: list[str] = list(inputs.warnings)
+        fingerprint = checkpoints.input_fingerprint(
+            inputs.receptor_path, inputs.peptide, self.config.to_dict()
+        )
+        self.checkpoints = checkpoints.Checkpoints(output_dir, fingerprint)
+        # Step results, filled as steps run or load.
+        self.receptor = None
+        self.peptide_model: PeptideModel | None = None
+        self.site = None
+        self.poses: list = []
+        self.complexes: list[assemble.AssembledComplex] = []
+        self.pose_designs: list = []
+        self.design_scores: list | None = None
+        self.rounds: Any = None
 
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        logger.info("step_started step=%s", name)
-        start = time.perf_counter()
-        yield
-        duration = time.perf_counter() - start
-        self.timings[name] = round(duration, 3)
-        logger.info("step_finished step=%s duration=%.2fs", name, duration)
-        if self.on_step is not None:
-            self.on_step(name, STEP_PROGRESS.get(name, 0))
+    # -- the step loop ---------------------------------------------------------------
 
-    def execute(self) -> dict[str, Any]:
-        from peptide_opt.pipeline.dock import dock_peptide
-        from peptide_opt.pipeline.model import build_peptide_model
-        from peptide_opt.pipeline.score import score_poses
-        from peptide_opt.pipeline.site import find_site
-
-        config = self.config
+    def execute(
+        self, resume: bool, from_step: str | None, only_step: str | None
+    ) -> dict[str, Any] | None:
         total_start = time.perf_counter()
+        first = from_step or only_step
+        if first is not None:
+            self._require_checkpoints_before(first)
+            self.checkpoints.discard_from(list(RUN_STEPS[RUN_STEPS.index(first) :]))
+        elif not resume:
+            self.checkpoints.discard_from(list(RUN_STEPS))
         logger.info(
             "job_started peptide=%s receptor=%s cores=%d",
             self.inputs.peptide,
             self.inputs.receptor_path.name,
             self.cores,
         )
-        with self.step("prepare"):
-            receptor = prepare_receptor(self.inputs.receptor_path, config)
-            self.warnings.extend(receptor.warnings)
-        with self.step("model"):
-            peptide = build_peptide_model(self.inputs.peptide, config.docking_seed)
-        with self.step("site"):
-            site = find_site(receptor, config)
-        with self.step("dock"):
-            poses = dock_peptide(receptor, peptide, site, config, self.cores)
-        if not poses:
-            raise InputError(
-                f"docking found no pose of {self.inputs.peptide} in the site "
-                f"(centre {site.center}, size {site.size} Å)"
-            )
-        with self.step("score"):
-            poses = score_poses(receptor, site, poses, self.cores)
-        with self.step("assemble"):
-            complexes = [assemble.assemble_complex(receptor, pose) for pose in poses]
-            for assembled in complexes:
-                for warning in assembled.warnings:
-                    if warning not in self.warnings:
-                        self.warnings.append(warning)
-        pose_designs: list[PoseDesigns | None] = [None] * len(poses)
-        if config.proteinmpnn_enabled:
-            from peptide_opt.pipeline.design import design_poses
-
-            with self.step("design"):
-                pose_designs = list(
-                    design_poses([c.text for c in complexes], config)
-                )
-        else:
-            self.warnings.append(
-                "proteinmpnn_enabled is False: the design step was skipped and each pose "
-                "reports the input peptide"
-            )
-        with self.step("analyze"):
-            result = self.build_result(receptor, site, poses, complexes, pose_designs)
+        result = None
+        for name in RUN_STEPS:
+            if not self._applies(name):
+                continue
+            if self.checkpoints.is_done(name):
+                self._load(name)
+                logger.info("step_resumed step=%s", name)
+            else:
+                result = self._run_step(name)
+            if only_step == name:
+                break
+        if only_step is not None and only_step != RUN_STEPS[-1]:
+            logger.info("step_only_finished step=%s", only_step)
+            return None
+        if result is None:
+            result = self.checkpoints.load("analyze")["result"]
+        result["timings"] = {**result.get("timings", {}), **self.timings}
         result["timings"]["total"] = round(time.perf_counter() - total_start, 3)
-        self.write_outputs(result, complexes)
+        self._write_outputs(result)
+        if self.config.cleanup:
+            self.checkpoints.clear()
         logger.info("job_finished duration=%.2fs", result["timings"]["total"])
         return result
 
-    def build_result(self, receptor, site, poses, complexes, pose_designs) -> dict[str, Any]:
-        from peptide_opt.engines.base import get_engine
-        from peptide_opt.pipeline.design import choose_best_design, unique_designs
+    def _applies(self, name: str) -> bool:
+        if name == "design":
+            return self.config.proteinmpnn_enabled
+        if name == "rescore":
+            return self.config.proteinmpnn_enabled and self.config.selection == "rescore"
+        return True
 
-        sequence = self.inputs.peptide
-        input_properties = analyze.peptide_properties(sequence)
-        properties_cache: dict[str, dict[str, Any]] = {sequence: input_properties}
+    def _require_checkpoints_before(self, step: str) -> None:
+        missing = [
+            name
+            for name in RUN_STEPS[: RUN_STEPS.index(step)]
+            if self._applies(name) and not self.checkpoints.is_done(name)
+        ]
+        if missing:
+            raise InputError(
+                f"cannot start at step {step}: no checkpoint of {', '.join(missing)} in "
+                f"{self.checkpoints.root} (run the job with --cleanup False first, with "
+                "the same inputs and settings)"
+            )
 
-        def properties(seq: str) -> dict[str, Any]:
-            if seq not in properties_cache:
-                properties_cache[seq] = analyze.peptide_properties(seq)
-            return properties_cache[seq]
+    def _run_step(self, name: str) -> dict[str, Any] | None:
+        logger.info("step_started step=%s", name)
+        start = time.perf_counter()
+        state = getattr(self, f"_step_{name}")()
+        duration = time.perf_counter() - start
+        self.timings[name] = round(duration, 3)
+        folder = self.checkpoints.save(name, state)
+        logger.info("step_finished step=%s duration=%.2fs", name, duration)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(name, folder)
+        if self.on_step is not None:
+            self.on_step(name, STEP_PROGRESS[name])
+        return state.get("result") if name == "analyze" else None
 
-        pose_records = []
-        for pose, assembled, designs in zip(poses, complexes, pose_designs):
-            suffix = "pdb" if assembled.format == "pdb" else "cif"
-            record: dict[str, Any] = {
-                "rank": pose.rank,
-                "affinity": pose.affinity,
-                "docking_affinity": pose.docking_affinity,
-                "complex_file": f"complex{pose.rank}.{suffix}",
-                "detail": pose.detail,
-            }
-            if designs is None:
-                record["native_score"] = None
-                record["native_global_score"] = None
-                record["designs"] = []
-                record["best_design"] = {
-                    "sequence": sequence,
-                    "score": None,
-                    "global_score": None,
-                    "properties": input_properties,
-                }
-            else:
-                record["native_score"] = designs.native_score
-                record["native_global_score"] = designs.native_global_score
-                record["designs"] = [
-                    {
-                        "sequence": design.sequence,
-                        "score": design.score,
-                        "global_score": design.global_score,
-                        "seq_recovery": design.seq_recovery,
-                        "n_samples": count,
-                        "properties": properties(design.sequence),
-                    }
-                    for design, count in unique_designs(designs)
-                ]
-                best = choose_best_design(designs)
-                record["best_design"] = {
-                    "sequence": best.sequence,
-                    "score": best.score,
-                    "global_score": best.global_score,
-                    "seq_recovery": best.seq_recovery,
-                    "properties": properties(best.sequence),
-                }
-            pose_records.append(record)
+    def _load(self, name: str) -> None:
+        state = self.checkpoints.load(name)
+        getattr(self, f"_load_{name}")(state)
 
-        docking_engine = get_engine("docking")
-        engines = {"docking": {"name": docking_engine.name, "version": docking_engine.version}}
-        if self.config.proteinmpnn_enabled:
-            design_engine = get_engine("design")
-            engines["design"] = {"name": design_engine.name, "version": design_engine.version}
+    # -- steps: each runs, sets its results on self and returns its checkpoint state ---
+
+    def _step_prepare(self) -> dict[str, Any]:
+        self.receptor = prepare_receptor(self.inputs.receptor_path, self.config)
+        return {"receptor": checkpoints.receptor_state(self.receptor)}
+
+    def _load_prepare(self, state: dict[str, Any]) -> None:
+        self.receptor = checkpoints.receptor_from_state(state["receptor"])
+
+    def _step_model(self) -> dict[str, Any]:
+        from rdkit import Chem
+
+        from peptide_opt.pipeline.model import build_peptide_model
+
+        self.peptide_model = build_peptide_model(self.inputs.peptide, self.config.docking_seed)
+        binary = self.peptide_model.mol.ToBinary(Chem.PropertyPickleOptions.AllProps)
         return {
-            "peptide_opt_version": __version__,
-            "input": {
-                "sequence": sequence,
-                "receptor_file": self.inputs.receptor_path.name,
-                "receptor_chains": list(receptor.chain_ids),
-                "properties": input_properties,
-            },
-            "site": site.to_dict(),
-            "chain_map": complexes[0].chain_map if complexes else {},
-            "poses": pose_records,
-            "engines": engines,
-            "parameters": self.config.to_dict(),
-            "cores": self.cores,
-            "timings": dict(self.timings),
-            "warnings": list(self.warnings),
+            "sequence": self.peptide_model.sequence,
+            "mol": base64.b64encode(binary).decode("ascii"),
         }
 
-    def write_outputs(self, result: dict[str, Any], complexes) -> None:
+    def _load_model(self, state: dict[str, Any]) -> None:
+        from rdkit import Chem
+
+        mol = Chem.Mol(base64.b64decode(state["mol"]))
+        self.peptide_model = PeptideModel(sequence=state["sequence"], mol=mol)
+
+    def _step_site(self) -> dict[str, Any]:
+        from peptide_opt.pipeline.site import find_site
+
+        self.site = find_site(self.receptor, self.config)
+        return {"site": self.site}
+
+    def _load_site(self, state: dict[str, Any]) -> None:
+        self.site = checkpoints.site_from_state(state["site"])
+
+    def _step_dock(self) -> dict[str, Any]:
+        from peptide_opt.pipeline.dock import dock_peptide
+
+        self.poses = dock_peptide(
+            self.receptor, self.peptide_model, self.site, self.config, self.cores
+        )
+        if not self.poses:
+            raise InputError(
+                f"docking found no pose of {self.inputs.peptide} in the site "
+                f"(centre {self.site.center}, size {self.site.size} Å)"
+            )
+        return {"poses": checkpoints.poses_state(self.poses)}
+
+    def _load_dock(self, state: dict[str, Any]) -> None:
+        self.poses = checkpoints.poses_from_state(state["poses"])
+
+    def _step_score(self) -> dict[str, Any]:
+        from peptide_opt.pipeline.score import score_poses
+
+        self.poses = score_poses(self.receptor, self.site, self.poses, self.cores)
+        return {"poses": checkpoints.poses_state(self.poses)}
+
+    _load_score = _load_dock
+
+    def _step_assemble(self) -> dict[str, Any]:
+        self.complexes = [assemble.assemble_complex(self.receptor, pose) for pose in self.poses]
+        return {"complexes": [vars(item) for item in self.complexes]}
+
+    def _load_assemble(self, state: dict[str, Any]) -> None:
+        self.complexes = [assemble.AssembledComplex(**item) for item in state["complexes"]]
+
+    def _step_design(self) -> dict[str, Any]:
+        from peptide_opt.pipeline.design import design_poses
+
+        self.pose_designs = list(
+            design_poses([item.text for item in self.complexes], self.config)
+        )
+        return {"pose_designs": checkpoints.designs_state(self.pose_designs)}
+
+    def _load_design(self, state: dict[str, Any]) -> None:
+        self.pose_designs = checkpoints.designs_from_state(state["pose_designs"])
+
+    def _step_rescore(self) -> dict[str, Any]:
+        from peptide_opt.pipeline import rescore
+
+        self.design_scores = rescore.rescore_designs(
+            self.receptor, self.site, self.poses, self.pose_designs, self.config, self.cores
+        )
+        state: dict[str, Any] = {"design_scores": self.design_scores}
+        if self.config.n_iterations > 1:
+            from peptide_opt.pipeline import rounds
+
+            self.rounds = rounds.run_rounds(
+                self.receptor,
+                self.site,
+                self.poses,
+                self.pose_designs,
+                self.design_scores,
+                self.config,
+                self.cores,
+            )
+            state["rounds"] = self.rounds
+        return state
+
+    def _load_rescore(self, state: dict[str, Any]) -> None:
+        from peptide_opt.pipeline import rescore
+
+        self.design_scores = [
+            [rescore.DesignScore(**item) for item in pose_scores]
+            for pose_scores in state["design_scores"]
+        ]
+        self.rounds = state.get("rounds")
+
+    def _step_analyze(self) -> dict[str, Any]:
+        from peptide_opt.pipeline.result import build_result
+
+        result = build_result(self)
+        return {"result": result}
+
+    def _load_analyze(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- outputs ---------------------------------------------------------------------
+
+    def _write_outputs(self, result: dict[str, Any]) -> None:
         directory = self.output_dir
-        for record, assembled in zip(result["poses"], complexes):
+        for record, assembled in zip(result["poses"], self.complexes or _complexes_of(result)):
             (directory / record["complex_file"]).write_text(assembled.text)
+        for record in result["poses"]:
+            design_pdb = record.pop("design_pdb_text", None)
+            if design_pdb:
+                (directory / record["design_file"]).write_text(design_pdb)
         outputs.write_designs_fasta(directory / "designs.fasta", result)
         outputs.write_result_csv(directory / "result.csv", result)
         outputs.write_result_json(directory / "result.json", result)
         _flush_run_log()
         outputs.write_manifest(directory)
+
+
+def _complexes_of(result: dict[str, Any]) -> list[assemble.AssembledComplex]:
+    raise InputError("the assemble checkpoint is missing; run the job from --from-step assemble")
 
 
 def _flush_run_log() -> None:
@@ -246,9 +363,9 @@ def _flush_run_log() -> None:
 
 
 @contextlib.contextmanager
-def _run_log(path: Path) -> Iterator[None]:
+def _run_log(path: Path, mode: str) -> Iterator[None]:
     """Copy the package's log lines of this run into ``path`` (run.log)."""
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler = logging.FileHandler(path, mode=mode, encoding="utf-8")
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
@@ -264,3 +381,11 @@ def _run_log(path: Path) -> Iterator[None]:
         package_logger.removeHandler(handler)
         package_logger.setLevel(previous_level)
         handler.close()
+
+
+def remove_work_dir(output_dir: Path) -> None:
+    """Remove a job's checkpoint folder."""
+    shutil.rmtree(output_dir / checkpoints.WORK_DIR, ignore_errors=True)
+
+
+__all__ = ["RUN_STEPS", "STEP_PROGRESS", "run_job", "run_pipeline", "__version__"]

@@ -1,0 +1,200 @@
+"""The ``design`` step: ProteinMPNN redesigns the peptide (chain A) on every pose.
+
+The best design of a pose is the one with the lowest ``score``, ProteinMPNN's mean
+negative log-likelihood over the designed peptide (lower is better). A sequence sampled
+more than once counts once, represented by its lowest-scoring sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from peptide_opt.config import JobConfig
+from peptide_opt.errors import InputError
+from peptide_opt.pipeline.types import Design, PoseDesigns
+
+logger = logging.getLogger(__name__)
+
+#: The chain that holds the peptide in every assembled complex.
+PEPTIDE_CHAIN = "A"
+
+
+def design_poses(
+    complexes: list[str], config: JobConfig, engine: Any = None
+) -> list[PoseDesigns]:
+    """Design the peptide of each complex (PDB text, peptide as chain A).
+
+    Every pose is designed with the job's seed ``proteinmpnn_seed``, so the designs of
+    one pose do not depend on the other poses. ``fixed_positions``, ``omit_amino_acids``
+    and ``aa_bias`` of ``config`` go to the engine's sampler.
+    """
+    if engine is None:
+        from peptide_opt.engines.base import get_engine
+
+        engine = get_engine("design")
+    # NOTE: keep_motif is not applied here yet; only fixed_positions keeps residues.
+    fixed_positions = parse_positions(config.fixed_positions)
+    omit = config.omit_amino_acids or ""
+    bias = dict(config.aa_bias) if config.aa_bias else None
+
+    results = []
+    for index, complex_pdb in enumerate(complexes, start=1):
+        started = time.perf_counter()
+        results.append(
+            engine.design(
+                complex_pdb,
+                PEPTIDE_CHAIN,
+                config.num_seq_per_target,
+                config.sampling_temperature,
+                config.proteinmpnn_seed,
+                fixed_positions=fixed_positions or None,
+                omit_amino_acids=omit,
+                aa_bias=bias,
+            )
+        )
+        logger.info(
+            "design_pose_finished",
+            extra={
+                "step": "design",
+                "pose": index,
+                "n_designs": len(results[-1].designs),
+                "duration": round(time.perf_counter() - started, 3),
+            },
+        )
+    return results
+
+
+def unique_designs(pose_designs: PoseDesigns) -> list[tuple[Design, int]]:
+    """Return each distinct sequence once with the number of times it was sampled.
+
+    A sequence is represented by its lowest-``score`` sample (the earliest one on a
+    tie). The list is sorted best first: by ``score``, then by sample number.
+    """
+    best: dict[str, Design] = {}
+    counts: dict[str, int] = {}
+    for design in pose_designs.designs:
+        counts[design.sequence] = counts.get(design.sequence, 0) + 1
+        current = best.get(design.sequence)
+        if current is None or _rank_key(design) < _rank_key(current):
+            best[design.sequence] = design
+    ranked = sorted(best.values(), key=_rank_key)
+    return [(design, counts[design.sequence]) for design in ranked]
+
+
+def choose_best_design(pose_designs: PoseDesigns) -> Design | None:
+    """Return the design with the lowest ``score``, or None when there are none."""
+    ranked = unique_designs(pose_designs)
+    return ranked[0][0] if ranked else None
+
+
+def _rank_key(design: Design) -> tuple[float, int]:
+    return (design.score, design.sample)
+
+
+def parse_positions(text: str | None) -> list[int]:
+    """Expand 1-based positions and ranges such as ``"8-10,15"`` to a sorted list.
+
+    Whether the positions lie inside the peptide is checked by the engine, which knows
+    the peptide's length.
+    """
+    if not text:
+        return []
+    positions: set[int] = set()
+    for part in re.sub(r"\s+", "", text).split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise InputError(
+                f"fixed_positions must be 1-based positions or ranges such as "
+                f"'8-10,15', got {text!r}"
+            )
+        start = int(match.group(1))
+        end = int(match.group(2) or start)
+        if start < 1 or end < start:
+            raise InputError(
+                f"fixed_positions: range {part!r} must satisfy 1 <= start <= end"
+            )
+        positions.update(range(start, end + 1))
+    return sorted(positions)
+
+
+# -- ProteinMPNN FASTA ------------------------------------------------------------------
+
+# key=value fields of a header; a value is a bracketed list or runs to the next comma.
+_HEADER_FIELD = re.compile(r"(\w+)=(\[[^\]]*\]|[^,]*)")
+
+
+def parse_mpnn_fasta(text: str) -> PoseDesigns:
+    """Parse the FASTA file that ProteinMPNN writes for one structure.
+
+    The first record is the native sequence (header fields ``score`` and
+    ``global_score``), each later record one sample (``T``, ``sample``, ``score``,
+    ``global_score``, ``seq_recovery``). Raises :class:`InputError` when a record
+    lacks one of these fields.
+    """
+    records = _fasta_records(text)
+    if not records:
+        raise InputError("ProteinMPNN FASTA has no records")
+    native_header, native_sequence = records[0]
+    native_fields = _header_fields(native_header, ("score", "global_score"), 1)
+
+    designs = []
+    for number, (header, sequence) in enumerate(records[1:], start=2):
+        fields = _header_fields(
+            header, ("T", "sample", "score", "global_score", "seq_recovery"), number
+        )
+        designs.append(
+            Design(
+                sequence=sequence,
+                score=fields["score"],
+                global_score=fields["global_score"],
+                seq_recovery=fields["seq_recovery"],
+                sample=int(fields["sample"]),
+                temperature=fields["T"],
+            )
+        )
+    return PoseDesigns(
+        native_sequence=native_sequence,
+        native_score=native_fields["score"],
+        native_global_score=native_fields["global_score"],
+        designs=designs,
+        fasta_text=text,
+    )
+
+
+def _fasta_records(text: str) -> list[tuple[str, str]]:
+    records: list[tuple[str, list[str]]] = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith(">"):
+            records.append((line[1:], []))
+        elif not records:
+            raise InputError(
+                f"ProteinMPNN FASTA line {line_number} is sequence text before the "
+                "first '>' header"
+            )
+        else:
+            records[-1][1].append(line)
+    return [(header, "".join(lines)) for header, lines in records]
+
+
+def _header_fields(header: str, required: tuple[str, ...], number: int) -> dict[str, float]:
+    fields = dict(_HEADER_FIELD.findall(header))
+    values = {}
+    for key in required:
+        if key not in fields:
+            raise InputError(
+                f"ProteinMPNN FASTA record {number} lacks the field {key!r}: {header!r}"
+            )
+        try:
+            values[key] = float(fields[key])
+        except ValueError:
+            raise InputError(
+                f"ProteinMPNN FASTA record {number}: {key}={fields[key]!r} is not a "
+                "number"
+            ) from None
+    return values

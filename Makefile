@@ -22,8 +22,9 @@ example: setup
 test: setup-test
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
+# Benchmarks are one command each; see docs/benchmarks.md.
 bench: setup-test
-	$(PYTHON) -m bench
+	$(PYTHON) -m bench.pipeline 1czy
 
 clean:
 	rm -rf output .pytest_cache

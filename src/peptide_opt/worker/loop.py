@@ -128,8 +128,11 @@ class Worker:
         )
         for slot in self.slots:
             slot.start_process()
-        self._send_heartbeat()
+        # Listen before the first heartbeat and the first claims: a task inserted
+        # after a claim found nothing then always wakes a slot.
         self.listener.start()
+        self.listener.ready.wait(timeout=30)
+        self._send_heartbeat()
         heartbeat = threading.Thread(
             target=self._heartbeat_loop, name="peptide-opt-heartbeat", daemon=True
         )
@@ -272,6 +275,7 @@ class Slot:
         self._lock = threading.Lock()
         self._cancel_requested = False
         self._lease_lost = False
+        self._last_duration_s = 0.0
 
     # -- signals from other threads -------------------------------------------------
 

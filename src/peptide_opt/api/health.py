@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from peptide_opt.api import queries
 from peptide_opt.api.keys import utc_now
+from peptide_opt.worker.cli import LIVE_WINDOW_S
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,6 @@ async def _check_storage(request: Request) -> None:
 async def metrics(request: Request) -> Response:
     """Return queue and worker figures in the Prometheus text format."""
     pool = request.app.state.pool
-    settings = request.app.state.settings
     now = utc_now()
     by_status = await pool.fetch(queries.TASKS_BY_STATUS, queries.TASK_TYPE)
     buckets = await pool.fetch(
@@ -93,7 +93,7 @@ async def metrics(request: Request) -> Response:
     )
     totals = await pool.fetchrow(queries.DURATION_TOTALS, queries.TASK_TYPE)
     oldest = await pool.fetchval(queries.OLDEST_PENDING, queries.TASK_TYPE)
-    live_since = now - dt.timedelta(seconds=live_worker_window_s(settings.lease_seconds))
+    live_since = now - dt.timedelta(seconds=LIVE_WINDOW_S)
     workers = await pool.fetch(queries.LIVE_WORKERS, live_since)
 
     registry = CollectorRegistry(auto_describe=False)
@@ -104,15 +104,6 @@ async def metrics(request: Request) -> Response:
         )
     )
     return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
-
-
-def live_worker_window_s(lease_seconds: float) -> float:
-    """Return how recent a heartbeat must be (s) for its worker to count as live.
-
-    Workers heartbeat several times per lease, so a worker silent for a whole lease
-    has stopped or lost its connection.
-    """
-    return lease_seconds
 
 
 def _task_families(by_status, buckets, totals, oldest, now):

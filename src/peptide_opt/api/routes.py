@@ -125,7 +125,9 @@ async def submit_task(
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     with submit.temporary_folder() as folder:
-        if content_type == "multipart/form-data":
+        # A urlencoded form cannot carry the receptor file, but parsing it lets the
+        # error name what is missing.
+        if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
             submission = await _read_multipart(request, Path(folder))
         elif content_type == "application/json":
             submission = await _read_json(request, caller, Path(folder))

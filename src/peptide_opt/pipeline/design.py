@@ -120,7 +120,7 @@ def parse_positions(text: str | None) -> list[int]:
     return sorted(positions)
 
 
-# -- ProteinMPNN FASTA ------------------------------------------------------------------
+# -- ProteinMPNN FASTA -----------------------------------------------------------------
 
 # key=value fields of a header; a value is a bracketed list or runs to the next comma.
 _HEADER_FIELD = re.compile(r"(\w+)=(\[[^\]]*\]|[^,]*)")
@@ -182,7 +182,9 @@ def _fasta_records(text: str) -> list[tuple[str, str]]:
     return [(header, "".join(lines)) for header, lines in records]
 
 
-def _header_fields(header: str, required: tuple[str, ...], number: int) -> dict[str, float]:
+def _header_fields(
+    header: str, required: tuple[str, ...], number: int
+) -> dict[str, float]:
     fields = dict(_HEADER_FIELD.findall(header))
     values = {}
     for key in required:

@@ -6,6 +6,7 @@ its existence does not leak, unless the caller's key is an admin key.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -53,6 +54,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 TaskId = Annotated[str, "the task's UUID"]
 
+#: OpenAPI links from a new task to the routes that take its id.
+_TASK_LINKS = {
+    name: {"operationId": operation, "parameters": {"task_id": "$response.body#/id"}}
+    for name, operation in (
+        ("ReadTask", "readTask"),
+        ("ReadResult", "readResult"),
+        ("CancelTask", "cancelTask"),
+        ("DeleteTask", "deleteTask"),
+    )
+}
+
 _SUBMIT_BODY = {
     "requestBody": {
         "required": True,
@@ -79,9 +91,7 @@ _SUBMIT_BODY = {
                     },
                 }
             },
-            "application/json": {
-                "schema": {"$ref": "#/components/schemas/StoredSubmission"}
-            },
+            "application/json": {"schema": StoredSubmission.model_json_schema()},
         },
     }
 }
@@ -90,7 +100,9 @@ _SUBMIT_BODY = {
 # -- the caller ----------------------------------------------------------------------
 
 
-@router.get("/me", response_model=Me, responses=ERRORS, tags=["users"])
+@router.get(
+    "/me", response_model=Me, responses=ERRORS, tags=["users"], operation_id="readMe"
+)
 async def read_me(caller: CallerDependency) -> Me:
     """Return the user behind the request's key."""
     return Me(user_id=caller.user_id, username=caller.username, is_admin=caller.is_admin)
@@ -105,6 +117,7 @@ async def read_me(caller: CallerDependency) -> Me:
     response_model=SubmittedTask,
     responses={
         **ERRORS,
+        201: {"links": _TASK_LINKS},
         403: {"model": ErrorBody, "description": "a storage key outside your uploads"},
         413: {"model": ErrorBody, "description": "upload over MAX_UPLOAD_MB"},
         415: {"model": ErrorBody, "description": "body neither multipart nor JSON"},
@@ -113,6 +126,7 @@ async def read_me(caller: CallerDependency) -> Me:
     },
     openapi_extra=_SUBMIT_BODY,
     tags=["tasks"],
+    operation_id="submitTask",
 )
 async def submit_task(
     request: Request, response: Response, caller: CallerDependency
@@ -251,7 +265,13 @@ async def _read_json(request: Request, caller: Caller, folder: Path) -> submit.S
 # -- read ----------------------------------------------------------------------------
 
 
-@router.get("/tasks", response_model=TaskPage, responses=ERRORS, tags=["tasks"])
+@router.get(
+    "/tasks",
+    response_model=TaskPage,
+    responses=ERRORS,
+    tags=["tasks"],
+    operation_id="listTasks",
+)
 async def list_tasks(
     request: Request,
     caller: CallerDependency,
@@ -269,7 +289,13 @@ async def list_tasks(
     )
 
 
-@router.get("/tasks/{task_id}", response_model=Task, responses=ERRORS, tags=["tasks"])
+@router.get(
+    "/tasks/{task_id}",
+    response_model=Task,
+    responses=ERRORS,
+    tags=["tasks"],
+    operation_id="readTask",
+)
 async def read_task(task_id: TaskId, request: Request, caller: CallerDependency) -> Task:
     """Return one task: status, progress, current step, step timings, attempts, error.
 
@@ -292,6 +318,7 @@ async def read_task(task_id: TaskId, request: Request, caller: CallerDependency)
         410: {"model": ErrorBody, "description": "files deleted by retention"},
     },
     tags=["tasks"],
+    operation_id="readResult",
 )
 async def read_result(
     task_id: TaskId, request: Request, caller: CallerDependency
@@ -321,6 +348,7 @@ async def read_result(
         410: {"model": ErrorBody, "description": "files deleted by retention"},
     },
     tags=["tasks"],
+    operation_id="readFile",
 )
 async def read_file(
     task_id: TaskId, name: str, request: Request, caller: CallerDependency
@@ -346,6 +374,7 @@ async def read_file(
     response_model=Task,
     responses={**ERRORS, 409: {"model": ErrorBody, "description": "task already ended"}},
     tags=["tasks"],
+    operation_id="cancelTask",
 )
 async def cancel_task(task_id: TaskId, request: Request, caller: CallerDependency) -> Task:
     """Cancel a task: a pending one at once, a processing one at its worker's next check."""
@@ -379,6 +408,7 @@ async def cancel_task(task_id: TaskId, request: Request, caller: CallerDependenc
     status_code=204,
     responses={**ERRORS, 409: {"model": ErrorBody, "description": "task still active"}},
     tags=["tasks"],
+    operation_id="deleteTask",
 )
 async def delete_task(task_id: TaskId, request: Request, caller: CallerDependency) -> Response:
     """Delete a finished, failed or cancelled task and all of its files."""
@@ -439,12 +469,17 @@ def task_from_row(row: asyncpg.Record) -> Task:
         error=row["error"],
         cancel_requested=row["cancel_requested_at"] is not None,
         step_timings={str(k): float(v) for k, v in (timings or {}).items()},
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        updated_at=row["updated_at"],
-        files_deleted_at=row["files_deleted_at"],
+        created_at=as_utc(row["created_at"]),
+        started_at=as_utc(row["started_at"]),
+        finished_at=as_utc(row["finished_at"]),
+        updated_at=as_utc(row["updated_at"]),
+        files_deleted_at=as_utc(row["files_deleted_at"]),
     )
+
+
+def as_utc(moment: dt.datetime | None) -> dt.datetime | None:
+    """Mark a time from the tables (UTC without a time zone) as UTC, for RFC 3339."""
+    return moment.replace(tzinfo=dt.UTC) if moment is not None else None
 
 
 async def _get_task(request: Request, caller: Caller, task_id: str) -> Task:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.deploy import compose_v2
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "docker-manage.sh"
 COMPOSE_FILE = str(ROOT / "docker" / "docker-compose.yml")
@@ -325,18 +327,7 @@ def test_script_passes_shellcheck():
 # The options the script passes are ones a real compose accepts.
 
 
-def _compose_v2() -> str | None:
-    found = shutil.which("docker-compose", path=f"{Path(sys.executable).parent}:"
-                         f"{os.environ.get('PATH', '')}")
-    if found is None:
-        return None
-    version = subprocess.run(
-        [found, "version", "--short"], capture_output=True, text=True, timeout=60
-    )
-    return found if version.stdout.strip().startswith(("2.", "v2.")) else None
-
-
-COMPOSE_V2 = _compose_v2()
+COMPOSE_V2 = compose_v2()
 VALUE_OPTIONS = {"--scale", "--rmi", "--format"}
 
 

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -496,21 +495,14 @@ def _free_port() -> int:
 
 @pytest.mark.services
 @pytest.mark.skipif(_real_commands_missing() is not None, reason=str(_real_commands_missing()))
-def test_up_real_api_and_workers(tmp_path):
+def test_up_real_api_and_workers(tmp_path, empty_database_url):
     import httpx
     import psycopg
 
-    database = f"peptide_opt_up_{uuid.uuid4().hex[:12]}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{database}"')
     port = _free_port()
     env = {
         **os.environ,
-        "DB_HOST": "127.0.0.1",
-        "DB_PORT": "5432",
-        "DB_USER": "postgres",
-        "DB_NAME": database,
+        "DATABASE_URL": empty_database_url,
         "STORAGE_BACKEND": "local",
         "STORAGE_LOCAL_ROOT": str(tmp_path / "storage"),
         "API_HOST": "127.0.0.1",
@@ -518,33 +510,36 @@ def test_up_real_api_and_workers(tmp_path):
         "SHUTDOWN_GRACE": "5",
         "LOG_FORMAT": "text",
     }
-    env.pop("DATABASE_URL", None)
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
+        # The top-level command line, as a user runs it; `up` applies the migrations
+        # to the empty database first.
         process = subprocess.Popen(
-            [sys.executable, "-m", "peptide_opt.supervisor_cli", "--workers", "2"],
+            [sys.executable, "-m", "peptide_opt.cli", "up", "--workers", "2"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
         )
     try:
         deadline = time.monotonic() + 120
-        ready = None
+        status_code = None
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2)
-                if ready.status_code == 200:
+                response = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2)
+                status_code = response.status_code
+                if status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        assert ready is not None and ready.status_code == 200, log_path.read_text()
+        assert status_code == 200, log_path.read_text()
 
-        url = f"postgresql://postgres@127.0.0.1:5432/{database}"
         n_workers = 0
         while time.monotonic() < deadline:
-            with psycopg.connect(url) as connection:
-                n_workers = connection.execute("SELECT count(*) FROM workers").fetchone()[0]
+            with psycopg.connect(empty_database_url) as connection:
+                n_workers = connection.execute(
+                    "SELECT count(*) FROM workers WHERE status <> 'stopped'"
+                ).fetchone()[0]
             if n_workers >= 2:
                 break
             time.sleep(0.5)
@@ -553,9 +548,8 @@ def test_up_real_api_and_workers(tmp_path):
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=120) == 0, log_path.read_text()
+        assert "supervisor_stopped exit_code=0" in log_path.read_text()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

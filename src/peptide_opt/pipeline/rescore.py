@@ -1,0 +1,267 @@
+"""Step ``rescore``: every distinct design of a pose, threaded and scored in that pose.
+
+For each pose, each distinct designed sequence is threaded onto the docked peptide's
+backbone, its new side chains are rebuilt, repacked and minimized in the receptor
+(:mod:`peptide_opt.engines.sidechains`), and the result is scored by the docking engine's
+``score``: the same Vina local optimization in the same box that gave the input peptide
+its affinity on that pose. The input sequence goes through the same threading and
+minimization too, so each design has two references:
+
+- ``affinity_delta``: design minus the pose's affinity (the input peptide as docked and
+  scored); negative means the design binds better.
+- ``relaxed_delta``: design minus the input sequence after the same threading and
+  minimization, which separates the effect of the sequence from that of the extra
+  relaxation.
+
+Interface contacts (:mod:`peptide_opt.pipeline.contacts`) are listed for every design and
+for the input peptide of every pose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Any
+
+from peptide_opt.config import JobConfig
+from peptide_opt.errors import EngineError, InputError
+from peptide_opt.pipeline.assemble import assemble_complex
+from peptide_opt.pipeline.contacts import InterfaceContacts, interface_contacts
+from peptide_opt.pipeline.design import choose_best_design, unique_designs
+from peptide_opt.pipeline.types import Design, Pose, PoseDesigns, Receptor, Site
+
+logger = logging.getLogger(__name__)
+
+SELECTIONS = ("rescore", "mpnn")
+
+
+@dataclasses.dataclass
+class DesignScore:
+    """One distinct design re-scored in its pose.
+
+    Affinities are Vina's, in kcal/mol (lower is better): ``affinity`` of the design,
+    ``input_affinity`` of the input peptide on this pose (``pose.affinity``),
+    ``relaxed_input_affinity`` of the input sequence after the same threading and
+    minimization as the design. ``affinity_delta`` is ``affinity - input_affinity`` and
+    ``relaxed_delta`` is ``affinity - relaxed_input_affinity``. ``score`` and
+    ``global_score`` are ProteinMPNN's (mean negative log-likelihood of the peptide and
+    of the whole complex; lower is better), ``n_samples`` how often the sequence was
+    sampled. ``contacts`` and ``hydrogen_bonds`` are as in
+    :class:`~peptide_opt.pipeline.contacts.InterfaceContacts`. ``mutated_positions``
+    (1-based) differ from the docked peptide; ``backbone_rmsd`` (Å) is the backbone's
+    shift during minimization, ``interaction_energy`` (kcal/mol) the minimized peptide's
+    amber14 nonbonded energy with the receptor. ``peptide_pdb`` is the design in its
+    pose (chain A, after Vina's local optimization when the engine returns
+    coordinates); ``complex_pdb`` the complex in the layout of ``complex{i}.pdb``, in
+    ``complex_format`` (``pdb`` or ``cif``).
+    """
+
+    sequence: str
+    pose_rank: int | None
+    affinity: float
+    affinity_delta: float | None
+    relaxed_input_affinity: float | None
+    relaxed_delta: float | None
+    input_affinity: float | None
+    score: float
+    global_score: float
+    seq_recovery: float
+    n_samples: int
+    sample: int
+    contacts: list[str]
+    hydrogen_bonds: list[dict[str, Any]]
+    mutated_positions: list[int]
+    backbone_rmsd: float
+    interaction_energy: float
+    peptide_pdb: str
+    complex_pdb: str
+    complex_format: str = "pdb"
+
+
+def rescore_designs(
+    receptor: Receptor,
+    site: Site,
+    poses: list[Pose],
+    pose_designs: list[PoseDesigns | None],
+    config: JobConfig,
+    cores: int,
+    engine: Any = None,
+    sidechain_engine: Any = None,
+) -> list[list[DesignScore]]:
+    """Thread, relax and Vina-score every distinct design of every pose.
+
+    Parameters
+    ----------
+    receptor, site
+        The prepared receptor and the docking box the poses were scored in.
+    poses
+        The scored poses, in rank order; ``pose.affinity`` (kcal/mol) is the reference.
+    pose_designs
+        ProteinMPNN's output per pose (None for a pose without designs).
+    config
+        Uses ``ph`` (hydrogens of the threaded peptide) and ``docking_seed``.
+    cores
+        CPU threads for OpenMM and Vina.
+    engine
+        The docking engine whose ``score`` is applied; the registered one by default.
+
+    Returns
+    -------
+    list of list of DesignScore
+        Per pose, in rank order; per distinct design, best ProteinMPNN ``score`` first.
+    """
+    if len(pose_designs) != len(poses):
+        raise EngineError(
+            f"{len(pose_designs)} design sets for {len(poses)} poses; expected one per pose"
+        )
+    engine = engine or _docking_engine()
+    sidechain_engine = sidechain_engine or _sidechain_engine()
+    results = []
+    for pose, designs in zip(poses, pose_designs):
+        started = time.perf_counter()
+        scores = rescore_pose(
+            receptor, site, pose, designs, config, cores, engine, sidechain_engine
+        )
+        results.append(scores)
+        logger.info(
+            "rescore_pose_finished",
+            extra={
+                "step": "rescore",
+                "pose": pose.rank,
+                "n_designs": len(scores),
+                "duration": round(time.perf_counter() - started, 3),
+            },
+        )
+    return results
+
+
+def rescore_pose(
+    receptor: Receptor,
+    site: Site,
+    pose: Pose,
+    designs: PoseDesigns | None,
+    config: JobConfig,
+    cores: int,
+    engine: Any,
+    sidechain_engine: Any,
+) -> list[DesignScore]:
+    """Re-score the distinct designs of one pose (see :func:`rescore_designs`)."""
+    if designs is None or not designs.designs:
+        return []
+    unique = unique_designs(designs)
+    shell = sidechain_engine.build_shell(receptor.pdb_text, pose.peptide_pdb)
+    sequences = [designs.native_sequence] + [design.sequence for design, _ in unique]
+    threaded = {}
+    for sequence in dict.fromkeys(sequences):
+        threaded[sequence] = sidechain_engine.thread(
+            shell, pose.peptide_pdb, sequence, config.ph, config.docking_seed, cores
+        )
+    scored = {
+        sequence: Pose(
+            peptide_pdb=item.pdb_text,
+            docking_affinity=math.nan,
+            rank=pose.rank,
+            detail={"sequence": sequence},
+        )
+        for sequence, item in threaded.items()
+    }
+    # One call for the whole pose, so the engine prepares the receptor and box once.
+    engine.score(receptor, site, list(scored.values()), cores)
+    relaxed_input = _affinity(scored[designs.native_sequence], designs.native_sequence)
+
+    results = []
+    for design, count in unique:
+        design_pose = scored[design.sequence]
+        affinity = _affinity(design_pose, design.sequence)
+        contacts = interface_contacts(receptor.pdb_text, design_pose.peptide_pdb)
+        assembled = assemble_complex(receptor, design_pose)
+        item = threaded[design.sequence]
+        results.append(
+            DesignScore(
+                sequence=design.sequence,
+                pose_rank=pose.rank,
+                affinity=affinity,
+                affinity_delta=_difference(affinity, pose.affinity),
+                relaxed_input_affinity=relaxed_input,
+                relaxed_delta=_difference(affinity, relaxed_input),
+                input_affinity=pose.affinity,
+                score=design.score,
+                global_score=design.global_score,
+                seq_recovery=design.seq_recovery,
+                n_samples=count,
+                sample=design.sample,
+                contacts=contacts.residues,
+                hydrogen_bonds=contacts.hydrogen_bonds,
+                mutated_positions=item.mutated_positions,
+                backbone_rmsd=round(item.backbone_rmsd, 3),
+                interaction_energy=round(item.interaction_energy, 3),
+                peptide_pdb=design_pose.peptide_pdb,
+                complex_pdb=assembled.text,
+                complex_format=assembled.format,
+            )
+        )
+    return results
+
+
+def input_contacts(receptor: Receptor, poses: list[Pose]) -> list[InterfaceContacts]:
+    """Return the interface contacts of the input peptide on each pose, in pose order."""
+    return [interface_contacts(receptor.pdb_text, pose.peptide_pdb) for pose in poses]
+
+
+def choose_design(
+    pose: Pose,
+    pose_designs: PoseDesigns | None,
+    design_scores: list[DesignScore] | None,
+    selection: str,
+) -> DesignScore | Design | None:
+    """Choose the best design of a pose.
+
+    ``selection="mpnn"``: the lowest ProteinMPNN ``score``. ``selection="rescore"``:
+    among the designs whose ``score`` is below the input sequence's on this pose
+    (``pose_designs.native_score``), the best (lowest) Vina affinity; when none is
+    below, the lowest ``score``. Ties go to the lower ``score``, then the earlier
+    sample. The :class:`DesignScore` of the chosen sequence is returned when it was
+    re-scored, else its :class:`Design`; None when the pose has no designs.
+    """
+    if selection not in SELECTIONS:
+        raise InputError(f"selection must be 'rescore' or 'mpnn', got {selection!r}")
+    if pose_designs is None or not pose_designs.designs:
+        return None
+    scores = {item.sequence: item for item in design_scores or []}
+    lowest = choose_best_design(pose_designs)
+    if selection == "rescore" and scores:
+        below = [
+            item for item in scores.values() if item.score < pose_designs.native_score
+        ]
+        if below:
+            return min(below, key=lambda item: (item.affinity, item.score, item.sample))
+    return scores.get(lowest.sequence, lowest)
+
+
+def _affinity(pose: Pose, sequence: str) -> float:
+    if pose.affinity is None or not math.isfinite(pose.affinity):
+        raise EngineError(
+            f"the docking engine returned no affinity for design {sequence} on pose "
+            f"{pose.rank}"
+        )
+    return float(pose.affinity)
+
+
+def _difference(value: float, reference: float | None) -> float | None:
+    if reference is None:
+        return None
+    return round(value - reference, 3)
+
+
+def _docking_engine() -> Any:
+    from peptide_opt.engines.base import get_engine
+
+    return get_engine("docking")
+
+
+def _sidechain_engine() -> Any:
+    from peptide_opt.engines.sidechains import SideChainEngine
+
+    return SideChainEngine()

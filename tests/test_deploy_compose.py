@@ -16,6 +16,7 @@ from tests.fixtures.deploy import (
     COMPOSE_FILE,
     COMPOSE_GPU_FILE,
     PEPTIDE_OPT_SERVICES,
+    REPO_ROOT,
     find_tool,
     run_compose_config,
 )
@@ -200,3 +201,18 @@ def test_gpu_override_reserves_devices(tmp_path):
     # Everything else of the worker comes from the base file.
     assert worker["command"] == ["peptide-opt", "worker"]
     assert worker["environment"]["STORAGE_BACKEND"] == "filer"
+
+
+def test_env_example_works_as_env_file(tmp_path):
+    example = (REPO_ROOT / ".env.example").read_text()
+    env_text = example.replace("\nDB_PASSWORD=\n", "\nDB_PASSWORD=example-password\n")
+    assert env_text != example
+
+    completed = run_compose_config([COMPOSE_FILE], env_text, tmp_path)
+
+    assert completed.returncode == 0, completed.stderr
+    worker = json.loads(completed.stdout)["services"]["worker"]
+    # The example's commented defaults do not override the stack's own choices.
+    assert worker["environment"]["STORAGE_BACKEND"] == "filer"
+    assert worker["environment"]["DB_HOST"] == "postgres"
+    assert worker["environment"]["DB_PASSWORD"] == "example-password"

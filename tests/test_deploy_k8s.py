@@ -21,7 +21,7 @@ NAMESPACE = "peptide-opt"
 K8S_VERSIONS = ("1.29.0", "1.37.0")
 # The non-root user of the Dockerfile (USER 10001:10001).
 IMAGE_UID = 10001
-# Memory of a worker process and its idle task process, beyond the tasks' own cap.
+# Least memory a worker process and its idle task process need beyond the tasks' cap.
 WORKER_OVERHEAD_BYTES = 512 * 1024**2
 # Fields of KEDA's postgresql scaler (keda.sh/docs, "PostgreSQL" scaler page).
 POSTGRESQL_TRIGGER_FIELDS = {
@@ -113,7 +113,7 @@ def test_manifests_match_kubernetes_schema(k8s_documents, version):
     for document in k8s_documents:
         if document["apiVersion"].startswith("keda.sh/"):
             continue
-        # Raises ValidationError naming the field; strict rejects unknown fields.
+        # Raises ValidationError naming the field. Strict mode rejects unknown fields.
         kubernetes_validate.validate(document, version, strict=True)
         checked += 1
     assert checked == 14

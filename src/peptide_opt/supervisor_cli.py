@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -11,6 +10,7 @@ import sys
 
 from peptide_opt.errors import InputError, PeptideOptError
 from peptide_opt.settings import Settings, available_cores
+from peptide_opt.worker.logs import configure_logging
 from peptide_opt.worker.supervisor import (
     RestartPolicy,
     Supervisor,
@@ -196,45 +196,16 @@ def _non_negative_float(option: str):
     return parse
 
 
-class _JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message and the event's fields."""
-
-    _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = {
-            key: value for key, value in vars(record).items() if key not in self._STANDARD
-        }
-        payload = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            **fields,
-        }
-        return json.dumps(payload, default=str)
-
-
 def _configure_logging(settings: Settings) -> None:
     # Leave logging alone when the caller (the top-level CLI or a test) configured it.
-    root = logging.getLogger()
-    if root.handlers:
+    if logging.getLogger().handlers:
         return
-    level = logging.getLevelNamesMapping().get(settings.log_level)
-    if level is None:
+    if settings.log_level not in logging.getLevelNamesMapping():
         raise InputError(
             "LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, "
             f"got {settings.log_level!r}"
         )
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-        )
-    root.addHandler(handler)
-    root.setLevel(level)
+    configure_logging(settings.log_level, settings.log_format, worker_id=None)
 
 
 if __name__ == "__main__":

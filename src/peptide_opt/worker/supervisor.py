@@ -63,9 +63,8 @@ class _Child:
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: object) -> None:
-    """Log ``event`` with its fields, as ``event key=value ...`` and as record extras."""
-    text = " ".join(f"{key}={value}" for key, value in fields.items())
-    logger.log(level, "%s %s", event, text, extra={"event": event, **fields})
+    """Log ``event`` as the message, with its fields as record extras."""
+    logger.log(level, event, extra=fields)
 
 
 def worker_cores_share(total_cores: int, n_workers: int) -> int:

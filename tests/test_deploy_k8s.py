@@ -403,3 +403,25 @@ def test_secret_holds_only_placeholders(k8s_documents):
     assert "PLACEHOLDER" in header
     for key, value in secret["stringData"].items():
         assert value.startswith("change-me"), key
+
+
+def test_keda_scale_down_behavior_is_valid_hpa(k8s_documents):
+    import kubernetes_validate
+
+    scaled = find_object(k8s_documents, "ScaledObject", "peptide-opt-worker")
+    behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    # KEDA copies this block into the HPA it creates, so it must be a valid HPA
+    # behavior. The API server rejects a stabilization window over 3600 s, which
+    # neither the schema nor KEDA's CRD checks.
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "keda-hpa-peptide-opt-worker"},
+        "spec": {
+            "scaleTargetRef": scaled["spec"]["scaleTargetRef"],
+            "maxReplicas": scaled["spec"]["maxReplicaCount"],
+            "behavior": behavior,
+        },
+    }
+    kubernetes_validate.validate(hpa, K8S_VERSIONS[-1], strict=True)
+    assert 0 <= behavior["scaleDown"]["stabilizationWindowSeconds"] <= 3600

@@ -95,11 +95,15 @@ SELECT pg_advisory_xact_lock(hashtextextended('peptide_opt.submit:' || $1::text,
 
 # -- tasks ---------------------------------------------------------------------------
 
-# The platform's own insert, plus the priority column that workers order by.
+# The platform's own insert, plus the priority column that workers order by. It returns
+# the columns of GET_TASK, so the response needs no second query.
 INSERT_TASK = """
 INSERT INTO tasks (id, user_id, task_type, job_dir, status, created_at, updated_at,
                    priority)
 VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6)
+RETURNING id, user_id, task_type, job_dir, status, priority, progress, current_step,
+          attempts, error, cancel_requested_at, step_timings, created_at, started_at,
+          finished_at, updated_at, NULL::timestamp AS files_deleted_at
 """
 
 _TASK_COLUMNS = """

@@ -6,6 +6,7 @@ its existence does not leak, unless the caller's key is an admin key.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -152,12 +153,12 @@ async def submit_task(
                 f"{content_type or 'no content type'!r}",
             )
         await submit.check_receptor(submission.receptor_path)
-        task_id = await submit.queue_submission(
+        row = await submit.queue_submission(
             _pool(request), _storage(request), caller, submission, request.app.state.limits
         )
 
-    task = await _get_task(request, caller, task_id)
-    response.headers["Location"] = f"/v1/tasks/{task_id}"
+    task = task_from_row(row)
+    response.headers["Location"] = f"/v1/tasks/{task.id}"
     return SubmittedTask(**task.model_dump(), warnings=submission.warnings)
 
 
@@ -195,20 +196,31 @@ async def _read_multipart(request: Request, folder: Path) -> submit.Submission:
         config, warnings = submit.validate_config_fields(fields)
         name = submit.receptor_file_name(receptor.filename)
         path = folder / name
-        with path.open("wb") as handle:
-            while chunk := await receptor.read(1 << 20):
-                handle.write(chunk)
+        receptor_bytes = await _save_upload(receptor, path)
     finally:
         await form.close()
     return submit.Submission(
         peptide=peptide,
         receptor_name=name,
         receptor_path=path,
+        receptor_bytes=receptor_bytes,
         config=config,
         config_keys=tuple(key for key in submit.USER_KEYS if key in fields),
         priority=priority,
         warnings=warnings,
     )
+
+
+async def _save_upload(upload: UploadFile, path: Path) -> bytes | None:
+    """Write an upload to ``path``; return its bytes too when they are small."""
+    if upload.size is not None and upload.size <= submit.IN_MEMORY_RECEPTOR_BYTES:
+        data = await upload.read()
+        await asyncio.to_thread(path.write_bytes, data)
+        return data
+    with path.open("wb") as handle:
+        while chunk := await upload.read(1 << 20):
+            await asyncio.to_thread(handle.write, chunk)
+    return None
 
 
 async def _field_text(name: str, value: str | UploadFile) -> str:
@@ -255,6 +267,7 @@ async def _read_json(request: Request, caller: Caller, folder: Path) -> submit.S
         peptide=peptide,
         receptor_name=name,
         receptor_path=path,
+        receptor_bytes=None,
         config=config,
         config_keys=tuple(key for key in submit.USER_KEYS if key in stored.config),
         priority=stored.priority,

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 #: Platform keys that build_config accepts and ignores with a warning.
 PLATFORM_IGNORED_KEYS = ("cores", "n_rosetta_runs")
 PRIORITY_RANGE = (-1000, 1000)
+#: Receptors up to this size (bytes) are stored from memory rather than re-read.
+IN_MEMORY_RECEPTOR_BYTES = 8 * 1024 * 1024
 MAX_PEPTIDE_TEXT = 10_000
 
 
@@ -47,6 +49,8 @@ class Submission:
     peptide: str
     receptor_name: str
     receptor_path: Path
+    #: The receptor's bytes when the upload was small enough to keep in memory.
+    receptor_bytes: bytes | None
     config: JobConfig
     config_keys: tuple[str, ...]
     priority: int
@@ -175,15 +179,25 @@ def _config_value_text(value: Any) -> str:
 
 
 async def store_inputs(storage: Storage, submission: Submission, prefix: str) -> None:
-    """Write the job's three inputs under ``prefix`` in the platform's layout."""
-    await storage.upload_file(
-        submission.receptor_path, f"{prefix}/input/{submission.receptor_name}"
+    """Write the job's three inputs under ``prefix`` in the platform's layout.
+
+    The writes run concurrently: no worker reads the prefix before the task row exists,
+    and the row is inserted only after all three are stored.
+    """
+    receptor_key = f"{prefix}/input/{submission.receptor_name}"
+    if submission.receptor_bytes is not None:
+        receptor = storage.write_bytes(receptor_key, submission.receptor_bytes)
+    else:
+        receptor = storage.upload_file(submission.receptor_path, receptor_key)
+    await asyncio.gather(
+        receptor,
+        storage.write_text(
+            f"{prefix}/input/peptide.fasta", f">peptide\n{submission.peptide}\n"
+        ),
+        storage.write_text(
+            f"{prefix}/optimization_config.txt", config_text(submission, prefix)
+        ),
     )
-    await storage.write_text(
-        f"{prefix}/input/peptide.fasta", f">peptide\n{submission.peptide}\n"
-    )
-    # The config goes last: a job folder with a config has all of its inputs.
-    await storage.write_text(f"{prefix}/optimization_config.txt", config_text(submission, prefix))
 
 
 async def check_rate(pool: asyncpg.Pool, caller: Caller, limits: Limits) -> None:
@@ -230,8 +244,8 @@ async def queue_submission(
     caller: Caller,
     submission: Submission,
     limits: Limits,
-) -> str:
-    """Store the inputs and insert the task row; return the new task's id."""
+) -> asyncpg.Record:
+    """Store the inputs and insert the task row; return the row."""
     started = time.perf_counter()
     await check_rate(pool, caller, limits)
     # A first check without the lock refuses early, before anything is stored.
@@ -247,7 +261,7 @@ async def queue_submission(
             await connection.execute(queries.LOCK_USER_SUBMISSIONS, caller.user_id)
             await check_pending(connection, caller, limits)
             now = utc_now()
-            await connection.execute(
+            row = await connection.fetchrow(
                 queries.INSERT_TASK,
                 task_id,
                 caller.user_id,
@@ -272,7 +286,7 @@ async def queue_submission(
             "duration_s": time.perf_counter() - started,
         },
     )
-    return task_id
+    return row
 
 
 async def _discard_inputs(storage: Storage, prefix: str) -> None:

@@ -30,7 +30,7 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    # Without a GPU, WebGL for the 3D view runs on SwiftShader; Chromium asks for an
+    # Without a GPU, WebGL for the 3D view runs on SwiftShader, and Chromium requires an
     # explicit opt-in to that fallback.
     "--enable-unsafe-swiftshader",
     "--window-size=1280,1800",

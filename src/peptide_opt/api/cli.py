@@ -18,6 +18,8 @@ from peptide_opt.settings import Settings
 
 T = TypeVar("T")
 
+DATABASE_TIMEOUT_S = 10.0
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([hdw])$")
 _DURATION_HOURS = {"h": 1, "d": 24, "w": 24 * 7}
 
@@ -94,6 +96,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InputError(f"--port must be between 0 and 65535, got {port}")
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
+    asyncio.run(check_database(settings.database_url))
     uvicorn.run(
         "peptide_opt.api.app:create_app_from_env",
         factory=True,
@@ -104,6 +107,22 @@ def run_serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
     )
     return 0
+
+
+async def check_database(url: str) -> None:
+    """Raise a clear error unless the database answers and has the API's tables."""
+    try:
+        connection = await asyncpg.connect(url, timeout=DATABASE_TIMEOUT_S)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        raise PeptideOptError(f"cannot connect to the database: {error}") from error
+    try:
+        found = await connection.fetchval("SELECT to_regclass('api_keys')")
+    finally:
+        await connection.close()
+    if found is None:
+        raise PeptideOptError(
+            "the database has no api_keys table; run 'peptide-opt db upgrade' first"
+        )
 
 
 # -- users ---------------------------------------------------------------------------
@@ -197,15 +216,14 @@ def _with_connection(action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
 
     async def run() -> T:
         try:
-            connection = await asyncpg.connect(url)
-        except (OSError, asyncpg.PostgresError) as error:
+            connection = await asyncpg.connect(url, timeout=DATABASE_TIMEOUT_S)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as error:
             raise PeptideOptError(f"cannot connect to the database: {error}") from error
         try:
             return await action(connection)
         except asyncpg.UndefinedTableError as error:
             raise PeptideOptError(
-                f"{error}: the database has no API tables yet; run 'peptide-opt db "
-                "upgrade' first"
+                "the database has no API tables yet; run 'peptide-opt db upgrade' first"
             ) from error
         finally:
             await connection.close()

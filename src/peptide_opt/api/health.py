@@ -1,7 +1,9 @@
 """Liveness, readiness and Prometheus metrics.
 
 The metrics are read from the database at each scrape, so every API process reports
-the same queue, whichever one Prometheus scrapes.
+the same queue, whichever one Prometheus scrapes. NOTE: the duration histogram counts
+the finished tasks still in the table, so deleting tasks lowers it, unlike a histogram
+that a process accumulates.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ async def metrics(request: Request) -> Response:
     )
     totals = await pool.fetchrow(queries.DURATION_TOTALS, queries.TASK_TYPE)
     oldest = await pool.fetchval(queries.OLDEST_PENDING, queries.TASK_TYPE)
+    steps = await pool.fetch(queries.STEP_DURATIONS, queries.TASK_TYPE)
     live_since = now - dt.timedelta(seconds=LIVE_WINDOW_S)
     workers = await pool.fetch(queries.LIVE_WORKERS, live_since)
 
@@ -100,6 +103,7 @@ async def metrics(request: Request) -> Response:
     registry.register(
         _Snapshot(
             _task_families(by_status, buckets, totals, oldest, now)
+            + _step_families(steps)
             + _worker_families(workers)
         )
     )
@@ -133,6 +137,23 @@ def _task_families(by_status, buckets, totals, oldest, now):
     cumulative.append(("+Inf", totals["n_tasks"]))
     durations.add_metric([], cumulative, sum_value=totals["seconds"])
     return [tasks, depth, age, durations]
+
+
+def _step_families(rows):
+    seconds = GaugeMetricFamily(
+        "peptide_opt_finished_step_seconds",
+        "Total wall-clock seconds of each step over the finished tasks in the table",
+        labels=["step"],
+    )
+    count = GaugeMetricFamily(
+        "peptide_opt_finished_step_tasks",
+        "Finished tasks in the table that recorded a timing for each step",
+        labels=["step"],
+    )
+    for row in rows:
+        seconds.add_metric([row["step"]], row["seconds"])
+        count.add_metric([row["step"]], row["n_tasks"])
+    return [seconds, count]
 
 
 def _worker_families(rows):

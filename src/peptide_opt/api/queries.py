@@ -214,6 +214,14 @@ WHERE task_type = $1 AND status = 'finished'
   AND started_at IS NOT NULL AND finished_at IS NOT NULL
 """
 
+STEP_DURATIONS = """
+SELECT timing.key AS step, count(*) AS n_tasks, sum(timing.value::float8) AS seconds
+FROM tasks, jsonb_each_text(tasks.step_timings) AS timing
+WHERE tasks.task_type = $1 AND tasks.status = 'finished'
+  AND jsonb_typeof(tasks.step_timings) = 'object'
+GROUP BY timing.key
+"""
+
 OLDEST_PENDING = """
 SELECT min(created_at) FROM tasks WHERE task_type = $1 AND status = 'pending'
 """

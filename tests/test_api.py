@@ -531,6 +531,9 @@ def test_docs_and_web_page(api_server):
     assert spec.status_code == 200
     assert "/v1/tasks/{task_id}/files/{name}" in spec.json()["paths"]
     assert docs.status_code == 200
+    # Swagger UI comes from our static folder, never from a CDN.
+    assert "/static/vendor/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
     assert page.status_code == 200
     assert '<script src="/static/vendor/3Dmol-min.js">' in page.text
     assert script.status_code == 200

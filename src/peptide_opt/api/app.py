@@ -11,7 +11,8 @@ from pathlib import Path
 import asyncpg
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from peptide_opt import __version__
@@ -41,6 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Submit peptide optimization tasks, follow them and read their "
         "results. Every /v1 route needs an API key as 'Authorization: Bearer KEY'.",
         lifespan=_lifespan,
+        # The stock docs pages load Swagger UI and ReDoc from a CDN; /docs below serves
+        # Swagger UI from the package's static folder instead.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.limits = Limits(
@@ -91,6 +96,16 @@ def _add_web_page(app: FastAPI) -> None:
     async def ui() -> RedirectResponse:
         return RedirectResponse("/")
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="peptide-opt API",
+            swagger_js_url="/static/vendor/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui.css",
+            swagger_favicon_url="data:,",
+        )
+
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -107,7 +122,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not (STATIC_DIR / "vendor" / "3Dmol-min.js").is_file():
         logger.warning(
             "viewer_missing: %s/vendor/3Dmol-min.js is absent; run 'npm ci' in the "
-            "repository to install 3Dmol.js for the result page's 3D view",
+            "repository to install 3Dmol.js and Swagger UI for the 3D view and /docs",
             STATIC_DIR,
             extra={"event": "viewer_missing"},
         )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import random
 import threading
 from importlib import metadata
 
@@ -124,6 +125,7 @@ _KJ_PER_KCAL = 4.184
 # ForceField objects are expensive to load and safe to share for reading.
 _force_fields: dict[tuple[str, ...], object] = {}
 _force_fields_lock = threading.Lock()
+_random_lock = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -271,7 +273,17 @@ class SideChainEngine:
             fixer.findMissingAtoms()
             fixer.addMissingAtoms(seed=seed)
             modeller = app.Modeller(fixer.topology, fixer.positions)
-            modeller.addHydrogens(_force_field(), pH=ph, platform=_cpu_platform(cores))
+            # Modeller starts new hydrogens at positions drawn from Python's global
+            # random module, so it is seeded here and restored afterwards.
+            with _random_lock:
+                saved = random.getstate()
+                random.seed(seed)
+                try:
+                    modeller.addHydrogens(
+                        _force_field(), pH=ph, platform=_cpu_platform(cores)
+                    )
+                finally:
+                    random.setstate(saved)
         except Exception as error:  # PDBFixer and OpenMM raise plain Exception subclasses
             raise EngineError(
                 f"side-chain rebuilding with PDBFixer failed: {error}"

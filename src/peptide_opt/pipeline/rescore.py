@@ -19,10 +19,14 @@ for the input peptide of every pose.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
+import multiprocessing
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from peptide_opt.config import JobConfig
@@ -119,21 +123,23 @@ def rescore_designs(
     engine = engine or _docking_engine()
     sidechain_engine = sidechain_engine or _sidechain_engine()
     results = []
-    for pose, designs in zip(poses, pose_designs):
-        started = time.perf_counter()
-        scores = rescore_pose(
-            receptor, site, pose, designs, config, cores, engine, sidechain_engine
-        )
-        results.append(scores)
-        logger.info(
-            "rescore_pose_finished",
-            extra={
-                "step": "rescore",
-                "pose": pose.rank,
-                "n_designs": len(scores),
-                "duration": round(time.perf_counter() - started, 3),
-            },
-        )
+    with _thread_pool(cores) as pool:
+        for pose, designs in zip(poses, pose_designs):
+            started = time.perf_counter()
+            scores = rescore_pose(
+                receptor, site, pose, designs, config, cores, engine, sidechain_engine,
+                pool,
+            )
+            results.append(scores)
+            logger.info(
+                "rescore_pose_finished",
+                extra={
+                    "step": "rescore",
+                    "pose": pose.rank,
+                    "n_designs": len(scores),
+                    "duration": round(time.perf_counter() - started, 3),
+                },
+            )
     return results
 
 
@@ -146,18 +152,31 @@ def rescore_pose(
     cores: int,
     engine: Any,
     sidechain_engine: Any,
+    pool: concurrent.futures.Executor | None = None,
 ) -> list[DesignScore]:
-    """Re-score the distinct designs of one pose (see :func:`rescore_designs`)."""
+    """Re-score the distinct designs of one pose (see :func:`rescore_designs`).
+
+    ``pool`` runs the threading of the designs in parallel when given.
+    """
     if designs is None or not designs.designs:
         return []
     unique = unique_designs(designs)
     shell = sidechain_engine.build_shell(receptor.pdb_text, pose.peptide_pdb)
-    sequences = [designs.native_sequence] + [design.sequence for design, _ in unique]
-    threaded = {}
-    for sequence in dict.fromkeys(sequences):
-        threaded[sequence] = sidechain_engine.thread(
-            shell, pose.peptide_pdb, sequence, config.ph, config.docking_seed, cores
-        )
+    sequences = list(
+        dict.fromkeys([designs.native_sequence] + [d.sequence for d, _ in unique])
+    )
+    # One OpenMM thread per design: a design's system is too small to gain from more,
+    # and a fixed thread count keeps the result independent of ``cores``.
+    arguments = [
+        (shell, pose.peptide_pdb, sequence, config.ph, config.docking_seed, 1)
+        for sequence in sequences
+    ]
+    if pool is None:
+        items = [sidechain_engine.thread(*args) for args in arguments]
+    else:
+        futures = [pool.submit(sidechain_engine.thread, *args) for args in arguments]
+        items = [future.result() for future in futures]
+    threaded = dict(zip(sequences, items))
     scored = {
         sequence: Pose(
             peptide_pdb=item.pdb_text,
@@ -253,6 +272,19 @@ def _difference(value: float, reference: float | None) -> float | None:
     if reference is None:
         return None
     return round(value - reference, 3)
+
+
+@contextlib.contextmanager
+def _thread_pool(cores: int) -> Iterator[concurrent.futures.Executor | None]:
+    """Yield a pool of ``cores`` processes for threading, or None for one core."""
+    if cores <= 1:
+        yield None
+        return
+    # Spawned, not forked: the parent may hold OpenMM and torch thread pools, which a
+    # forked child inherits in an unusable state.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(cores, mp_context=context) as pool:
+        yield pool
 
 
 def _docking_engine() -> Any:

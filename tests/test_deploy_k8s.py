@@ -107,7 +107,7 @@ def test_kustomization_lists_every_manifest():
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_manifests_match_kubernetes_schema(k8s_documents, version):
-    import kubernetes_validate
+    kubernetes_validate = _kubernetes_validate()
 
     checked = 0
     for document in k8s_documents:
@@ -120,7 +120,7 @@ def test_manifests_match_kubernetes_schema(k8s_documents, version):
 
 
 def test_schema_check_rejects_typo(k8s_documents):
-    import kubernetes_validate
+    kubernetes_validate = _kubernetes_validate()
 
     api = yaml.safe_load(yaml.safe_dump(find_object(k8s_documents, "Deployment",
                                                     "peptide-opt-api")))
@@ -129,6 +129,13 @@ def test_schema_check_rejects_typo(k8s_documents):
     # The validator is strict enough to catch a misspelt field.
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(api, K8S_VERSIONS[-1], strict=True)
+
+
+def _kubernetes_validate():
+    return pytest.importorskip(
+        "kubernetes_validate",
+        reason="the Kubernetes schemas are not installed (pip install kubernetes-validate)",
+    )
 
 
 def _keda_model(kind: str):
@@ -406,7 +413,7 @@ def test_secret_holds_only_placeholders(k8s_documents):
 
 
 def test_keda_scale_down_behavior_is_valid_hpa(k8s_documents):
-    import kubernetes_validate
+    kubernetes_validate = _kubernetes_validate()
 
     scaled = find_object(k8s_documents, "ScaledObject", "peptide-opt-worker")
     behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]

@@ -315,6 +315,29 @@ def test_submit_json_names_uploads(api_server, api_users, database_url):
     assert len(fetch_rows(database_url, "SELECT id FROM tasks")) == 2
 
 
+def test_upload_then_submit_json(api_server, api_users, database_url):
+    kim = api_users("kim")
+    with api_server.client(kim) as client:
+        stored = client.put("/v1/uploads/structures/1czy.pdb", content=COMPLEX.read_bytes())
+        body = stored.json()
+        submitted = client.post(
+            "/v1/tasks", json={"receptor_key": body["key"], "peptide": "PQQATDD"}
+        )
+        # Percent-encoded, so that the client does not resolve the dots itself.
+        traversal = client.put("/v1/uploads/a/%2E%2E/%2E%2E/b.pdb", content=b"x")
+        empty_segment = client.put("/v1/uploads/a//b.pdb", content=b"x")
+    assert stored.status_code == 201, stored.text
+    assert body["key"] == f"uploads/{kim.user_id}/structures/1czy.pdb"
+    assert body["size"] == COMPLEX.stat().st_size
+    assert submitted.status_code == 201, submitted.text
+    task = submitted.json()
+    copied = storage_call(api_server.env, "read_bytes", f"{task['job_dir']}/input/1czy.pdb")
+    assert copied == COMPLEX.read_bytes()
+    assert traversal.status_code == 422
+    assert "'.' or '..' segments" in traversal.json()["detail"]
+    assert empty_segment.status_code == 422
+
+
 @pytest.mark.parametrize(
     "key_template",
     [

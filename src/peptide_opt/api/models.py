@@ -69,6 +69,14 @@ class Me(BaseModel):
     is_admin: bool
 
 
+class Upload(BaseModel):
+    """A file stored under the caller's uploads folder, for JSON submissions."""
+
+    key: str = Field(description="the storage key to name in a JSON submission")
+    size: int = Field(description="bytes stored")
+    sha256: str | None
+
+
 class StoredSubmission(BaseModel):
     """A submission whose inputs the caller already put under ``uploads/<user id>/``."""
 

@@ -32,6 +32,7 @@ from peptide_opt.api.models import (
     SubmittedTask,
     Task,
     TaskPage,
+    Upload,
 )
 from peptide_opt.errors import InputError
 from peptide_opt.storage.base import ObjectNotFoundError, Storage
@@ -273,6 +274,47 @@ async def _read_json(request: Request, caller: Caller, folder: Path) -> submit.S
         priority=stored.priority,
         warnings=warnings,
     )
+
+
+@router.put(
+    "/uploads/{name:path}",
+    status_code=201,
+    response_model=Upload,
+    responses={
+        **ERRORS,
+        413: {"model": ErrorBody, "description": "upload over MAX_UPLOAD_MB"},
+        422: {"model": ErrorBody, "description": "invalid name"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"}
+                }
+            },
+        }
+    },
+    tags=["uploads"],
+    operation_id="putUpload",
+)
+async def put_upload(name: str, request: Request, caller: CallerDependency) -> Upload:
+    """Store the request body at ``uploads/<user id>/<name>`` for JSON submissions."""
+    key = submit.check_upload_key(caller, f"{submit.uploads_prefix(caller)}{name}", "name")
+    with submit.temporary_folder() as folder:
+        path = Path(folder) / "upload"
+        with path.open("wb") as handle:
+            async for chunk in request.stream():
+                await asyncio.to_thread(handle.write, chunk)
+        info = await _storage(request).upload_file(path, key)
+    logger.info(
+        "upload_stored: %s (%d bytes) by user %s",
+        key,
+        info.size,
+        caller.user_id,
+        extra={"event": "upload_stored", "key": key, "user_id": caller.user_id},
+    )
+    return Upload(key=key, size=info.size, sha256=info.sha256)
 
 
 # -- read ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@
 # each gRPC port is its HTTP port + 10000.
 #
 # S3 authentication: when S3_ACCESS_KEY and S3_SECRET_KEY are set, the gateway accepts
-# that one identity (written to DATA_DIR/s3.json) and nothing else; without them it
+# that one identity (written to DATA_DIR/s3.json) and nothing else. Without them it
 # runs without authentication. The Filer API has no authentication: keep it on
 # loopback. WEED names the weed program (default: .venv/bin/weed, then PATH).
 set -euo pipefail
@@ -38,7 +38,7 @@ find_weed() {
     fi
 }
 
-# A zombie (exited, not yet reaped by its new parent) still answers kill -0.
+# A zombie (exited, not yet reaped by its new parent) still passes kill -0.
 is_alive() {
     local state
     state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1

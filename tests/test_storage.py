@@ -1,4 +1,4 @@
-"""The storage interface: every backend (local folder, Filer, S3) passes the same tests."""
+"""The storage interface: the local, Filer and S3 backends pass the same tests."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ async def test_upload_download_round_trip(object_storage: Storage, prefix, tmp_p
 
 async def test_large_file_round_trip(object_storage: Storage, prefix, tmp_path):
     # Over the S3 multipart threshold and not a whole number of parts, so S3 sends a
-    # short last part; the Filer splits it into its 4 MB chunks.
+    # short last part. The Filer splits the file into its 4 MB chunks.
     size = MULTIPART_THRESHOLD + PART_SIZE // 2 + 3
     data = write_random_file(tmp_path / "large.bin", size, seed=2)
     key = f"{prefix}/large.bin"
@@ -82,7 +82,9 @@ async def test_progress_reports_bytes_sent(object_storage: Storage, prefix, tmp_
     write_random_file(tmp_path / "file.bin", size, seed=3)
     reports: list[int] = []
 
-    await object_storage.upload_file(tmp_path / "file.bin", f"{prefix}/f", reports.append)
+    await object_storage.upload_file(
+        tmp_path / "file.bin", f"{prefix}/f", reports.append
+    )
 
     assert reports, "on_progress was never called"
     assert reports == sorted(reports)
@@ -214,7 +216,9 @@ async def test_read_missing_names_key(object_storage: Storage, prefix):
         await object_storage.read_bytes(f"{prefix}/nope.txt")
 
 
-async def test_download_replaces_existing_file(object_storage: Storage, prefix, tmp_path):
+async def test_download_replaces_existing_file(
+    object_storage: Storage, prefix, tmp_path
+):
     await object_storage.write_text(f"{prefix}/new.txt", "new")
     target = tmp_path / "file.txt"
     target.write_text("older and longer content")
@@ -238,7 +242,7 @@ async def test_upload_of_folder_rejected(object_storage: Storage, prefix, tmp_pa
         await object_storage.upload_file(tmp_path, f"{prefix}/folder")
 
 
-# -- the same objects through both SeaweedFS APIs and in the local layout ----------------
+# -- the same objects through both SeaweedFS APIs and in the local layout --------------
 
 
 @pytest.mark.services
@@ -260,9 +264,12 @@ async def test_s3_object_visible_through_filer(seaweedfs, prefix, tmp_path):
     ) as s3:
         await s3.upload_file(tmp_path / "result.csv", key)
 
-    response = httpx.get(f"{seaweedfs.filer_url}/buckets/{seaweedfs.bucket}/{key}")
+    async with httpx.AsyncClient(base_url=seaweedfs.filer_url) as client:
+        response = await client.get(f"/buckets/{seaweedfs.bucket}/{key}")
     assert response.status_code == 200
-    assert hashlib.sha256(response.content).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert (
+        hashlib.sha256(response.content).hexdigest() == hashlib.sha256(data).hexdigest()
+    )
 
 
 @pytest.mark.services
@@ -279,7 +286,9 @@ async def test_filer_md5_matches_s3_etag(seaweedfs, prefix, tmp_path):
 
 async def test_local_layout_is_bucket_folder(tmp_path):
     async with LocalStorage(tmp_path / "root", "astramolecula") as storage:
-        await storage.write_text("jobs/peptide_optimization/j1/input/peptide.fasta", ">p\nAC\n")
+        await storage.write_text(
+            "jobs/peptide_optimization/j1/input/peptide.fasta", ">p\nAC\n"
+        )
 
     path = tmp_path / "root" / "astramolecula" / "jobs/peptide_optimization/j1/input"
     assert (path / "peptide.fasta").read_text() == ">p\nAC\n"

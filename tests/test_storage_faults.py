@@ -61,8 +61,19 @@ def make_outputs(folder: Path, large_bytes: int = 0) -> Path:
     return folder
 
 
+async def filer_delete(server, key: str) -> None:
+    """Delete a key through the Filer HTTP API, without our storage layer."""
+    async with httpx.AsyncClient(base_url=server.filer_url) as client:
+        response = await client.delete(f"/buckets/{server.bucket}/{key}")
+    response.raise_for_status()
+
+
 def retry_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [record for record in caplog.records if getattr(record, "event", "") == "storage_retry"]
+    return [
+        record
+        for record in caplog.records
+        if getattr(record, "event", "") == "storage_retry"
+    ]
 
 
 @pytest.mark.parametrize("backend", ["filer", "s3"])
@@ -108,12 +119,18 @@ async def test_server_killed_during_upload(seaweedfs_factory, backend, tmp_path)
         sent_when_killed: list[int] = []
 
         def kill_after_8_mib(key: str, sent: int) -> None:
-            if key.endswith("complex2.pdb") and sent >= 8 * MIB and not sent_when_killed:
+            if (
+                key.endswith("complex2.pdb")
+                and sent >= 8 * MIB
+                and not sent_when_killed
+            ):
                 sent_when_killed.append(sent)
                 server.kill()
 
         with pytest.raises(StorageError) as caught:
-            await upload_outputs(storage, prefix, output_dir, on_progress=kill_after_8_mib)
+            await upload_outputs(
+                storage, prefix, output_dir, on_progress=kill_after_8_mib
+            )
 
     assert sent_when_killed, "the server was never killed: the upload did not stream"
     assert f"{prefix}/output/complex2.pdb" in str(caught.value)
@@ -146,7 +163,7 @@ async def test_download_after_filer_delete_names_key(seaweedfs, tmp_path):
     key = f"tests/{uuid.uuid4().hex}/output/result.csv"
     async with build_storage(seaweedfs, "s3") as s3:
         await s3.write_text(key, "Index\n")
-        httpx.delete(f"{seaweedfs.filer_url}/buckets/{seaweedfs.bucket}/{key}").raise_for_status()
+        await filer_delete(seaweedfs, key)
 
         with pytest.raises(ObjectNotFoundError) as caught:
             await s3.download_file(key, tmp_path / "result.csv")
@@ -160,7 +177,10 @@ async def test_fetch_after_receptor_deleted(seaweedfs, backend, tmp_path):
     prefix = job_prefix(f"deleted-{uuid.uuid4().hex}")
     async with build_storage(seaweedfs, backend) as storage:
         await store_job_inputs(
-            storage, prefix, EXAMPLE / "5ffg.pdb", "GNGVPNLRGDLQVLGQRVGRT",
+            storage,
+            prefix,
+            EXAMPLE / "5ffg.pdb",
+            "GNGVPNLRGDLQVLGQRVGRT",
             "receptor_pdb_filename=5ffg.pdb\n",
         )
         # Deleted through the other API, as an operator or a retention job would.
@@ -169,18 +189,18 @@ async def test_fetch_after_receptor_deleted(seaweedfs, backend, tmp_path):
                 Bucket=seaweedfs.bucket, Key=f"{prefix}/input/5ffg.pdb"
             )
         else:
-            httpx.delete(
-                f"{seaweedfs.filer_url}/buckets/{seaweedfs.bucket}/{prefix}/input/5ffg.pdb"
-            ).raise_for_status()
+            await filer_delete(seaweedfs, f"{prefix}/input/5ffg.pdb")
 
         with pytest.raises(InputError, match=f"'{prefix}/input/5ffg.pdb' is missing"):
             await fetch_job_inputs(storage, prefix, tmp_path / "job")
 
 
-# -- which failures are retried ------------------------------------------------------------
+# -- which failures are retried ----------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "retried"), [(500, True), (503, True), (404, False), (400, False)])
+@pytest.mark.parametrize(
+    ("status", "retried"), [(500, True), (503, True), (404, False), (400, False)]
+)
 def test_filer_status_retried(status, retried):
     response = httpx.Response(status, text="status text")
 
@@ -202,7 +222,10 @@ def test_filer_status_retried(status, retried):
 )
 def test_s3_error_classified(status, code, expected):
     error = botocore.exceptions.ClientError(
-        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        {
+            "Error": {"Code": code, "Message": code},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
         "GetObject",
     )
     storage = S3Storage("http://127.0.0.1:1", "astramolecula")
@@ -217,15 +240,21 @@ def test_s3_error_classified(status, code, expected):
 async def test_s3_wrong_secret_not_retried(seaweedfs, caplog):
     caplog.set_level(logging.WARNING, logger="peptide_opt.storage")
     async with S3Storage(
-        seaweedfs.s3_url, seaweedfs.bucket, seaweedfs.access_key, "wrong-secret", FAST_RETRY
+        seaweedfs.s3_url,
+        seaweedfs.bucket,
+        seaweedfs.access_key,
+        "wrong-secret",
+        FAST_RETRY,
     ) as storage:
-        with pytest.raises(StorageError, match="S3 rejected the request for 'tests/denied'"):
+        with pytest.raises(
+            StorageError, match="S3 rejected the request for 'tests/denied'"
+        ):
             await storage.write_text("tests/denied", "x")
 
     assert retry_records(caplog) == []
 
 
-# -- memory while streaming --------------------------------------------------------------
+# -- memory while streaming --------------------------------------------------------
 
 PROBE = """
 import asyncio, json, resource, sys
@@ -241,8 +270,8 @@ async def transfer(env, operation, path, key):
         else:
             await storage.download_file(key, path)
 
-env, operation, path, key = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
-asyncio.run(transfer(env, operation, path, key))
+env = json.loads(sys.argv[1])
+asyncio.run(transfer(env, sys.argv[2], Path(sys.argv[3]), sys.argv[4]))
 print(json.dumps({"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 
@@ -254,7 +283,10 @@ def peak_rss_mib(env: dict, operation: str, path: Path, key: str) -> float:
     """Run one transfer in a fresh Python and return its peak resident memory in MiB."""
     result = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(env), operation, str(path), key],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_kib"] / 1024
@@ -268,8 +300,9 @@ def transfer_files(tmp_path_factory) -> dict[str, Path]:
         path = folder / f"{label}.bin"
         generator = random.Random(size)
         with open(path, "wb") as handle:
-            for _ in range(size // 1_000_000):
-                handle.write(generator.randbytes(1_000_000))
+            handle.writelines(
+                generator.randbytes(1_000_000) for _ in range(size // 1_000_000)
+            )
         files[label] = path
     return files
 

@@ -1,4 +1,4 @@
-"""A job's files in storage: inputs in the platform's layout, outputs with a manifest."""
+"""A job's files in storage: inputs in the platform's layout, outputs and manifest."""
 
 from __future__ import annotations
 
@@ -39,8 +39,12 @@ def sha256_of(path: Path) -> str:
 
 async def upload_platform_inputs(storage: Storage, prefix: str) -> None:
     """Lay out the 5ffg example job as the platform uploads it."""
-    await storage.upload_file(EXAMPLE / "optimization_config.txt", f"{prefix}/optimization_config.txt")
-    await storage.upload_file(EXAMPLE / "peptide.fasta", f"{prefix}/input/peptide.fasta")
+    await storage.upload_file(
+        EXAMPLE / "optimization_config.txt", f"{prefix}/optimization_config.txt"
+    )
+    await storage.upload_file(
+        EXAMPLE / "peptide.fasta", f"{prefix}/input/peptide.fasta"
+    )
     await storage.upload_file(EXAMPLE / "5ffg.pdb", f"{prefix}/input/5ffg.pdb")
 
 
@@ -63,32 +67,47 @@ async def test_fetch_platform_layout(object_storage: Storage, prefix, tmp_path):
 
     assert job_dir == tmp_path / "job"
     assert sorted(path.name for path in job_dir.iterdir()) == [
-        "5ffg.pdb", "optimization_config.txt", "peptide.fasta",
+        "5ffg.pdb",
+        "optimization_config.txt",
+        "peptide.fasta",
     ]
     for name in ("5ffg.pdb", "optimization_config.txt", "peptide.fasta"):
         assert sha256_of(job_dir / name) == sha256_of(EXAMPLE / name), name
 
 
 async def test_fetch_without_config_finds_receptor(object_storage, prefix, tmp_path):
-    await object_storage.upload_file(EXAMPLE / "peptide.fasta", f"{prefix}/input/peptide.fasta")
-    await object_storage.upload_file(EXAMPLE / "5ffg.pdb", f"{prefix}/input/receptor.cif")
+    await object_storage.upload_file(
+        EXAMPLE / "peptide.fasta", f"{prefix}/input/peptide.fasta"
+    )
+    await object_storage.upload_file(
+        EXAMPLE / "5ffg.pdb", f"{prefix}/input/receptor.cif"
+    )
 
     job_dir = await fetch_job_inputs(object_storage, prefix, tmp_path / "job")
 
-    assert sorted(path.name for path in job_dir.iterdir()) == ["peptide.fasta", "receptor.cif"]
+    assert sorted(path.name for path in job_dir.iterdir()) == [
+        "peptide.fasta",
+        "receptor.cif",
+    ]
 
 
 async def test_fetch_two_receptors_without_name(object_storage, prefix, tmp_path):
-    await object_storage.upload_file(EXAMPLE / "peptide.fasta", f"{prefix}/input/peptide.fasta")
+    await object_storage.upload_file(
+        EXAMPLE / "peptide.fasta", f"{prefix}/input/peptide.fasta"
+    )
     await object_storage.write_text(f"{prefix}/input/a.pdb", "END\n")
     await object_storage.write_text(f"{prefix}/input/b.pdb", "END\n")
 
-    with pytest.raises(InputError, match=r"exactly one \*\.pdb or \*\.cif file; found a.pdb, b.pdb"):
+    with pytest.raises(
+        InputError, match=r"exactly one \*\.pdb or \*\.cif file; found a.pdb, b.pdb"
+    ):
         await fetch_job_inputs(object_storage, prefix, tmp_path / "job")
 
 
 async def test_fetch_no_receptor(object_storage, prefix, tmp_path):
-    await object_storage.upload_file(EXAMPLE / "peptide.fasta", f"{prefix}/input/peptide.fasta")
+    await object_storage.upload_file(
+        EXAMPLE / "peptide.fasta", f"{prefix}/input/peptide.fasta"
+    )
 
     with pytest.raises(InputError, match="found none"):
         await fetch_job_inputs(object_storage, prefix, tmp_path / "job")
@@ -114,7 +133,9 @@ async def test_fetch_missing_named_receptor(object_storage, prefix, tmp_path):
         await fetch_job_inputs(object_storage, prefix, tmp_path / "job")
 
 
-@pytest.mark.parametrize("name", ["../5ffg.pdb", "/etc/passwd", "a\\b.pdb", "peptide.fasta"])
+@pytest.mark.parametrize(
+    "name", ["../5ffg.pdb", "/etc/passwd", "a\\b.pdb", "peptide.fasta"]
+)
 async def test_fetch_rejects_receptor_name(object_storage, prefix, tmp_path, name):
     await object_storage.write_text(
         f"{prefix}/optimization_config.txt", f"receptor_pdb_filename={name}\n"
@@ -137,22 +158,34 @@ async def test_store_then_fetch_inputs(object_storage, prefix, tmp_path):
         f"{prefix}/input/peptide.fasta",
         f"{prefix}/optimization_config.txt",
     ]
-    assert (job_dir / "peptide.fasta").read_text() == ">peptide\nGNGVPNLRGDLQVLGQRVGRT\n"
+    assert (
+        job_dir / "peptide.fasta"
+    ).read_text() == ">peptide\nGNGVPNLRGDLQVLGQRVGRT\n"
     assert (job_dir / "optimization_config.txt").read_text() == config
     assert sha256_of(job_dir / "5ffg.pdb") == sha256_of(EXAMPLE / "5ffg.pdb")
 
 
 async def test_store_keeps_fasta_text(object_storage, prefix):
-    await store_job_inputs(object_storage, prefix, EXAMPLE / "5ffg.pdb", ">mine\nACDE\n")
+    await store_job_inputs(
+        object_storage, prefix, EXAMPLE / "5ffg.pdb", ">mine\nACDE\n"
+    )
 
-    assert await object_storage.read_text(f"{prefix}/input/peptide.fasta") == ">mine\nACDE\n"
+    assert (
+        await object_storage.read_text(f"{prefix}/input/peptide.fasta")
+        == ">mine\nACDE\n"
+    )
     assert not await object_storage.exists(f"{prefix}/optimization_config.txt")
 
 
 async def test_store_rejects_mismatched_config(object_storage, prefix):
-    with pytest.raises(InputError, match="'other.pdb', but the receptor file is '5ffg.pdb'"):
+    with pytest.raises(
+        InputError, match="'other.pdb', but the receptor file is '5ffg.pdb'"
+    ):
         await store_job_inputs(
-            object_storage, prefix, EXAMPLE / "5ffg.pdb", "ACDE",
+            object_storage,
+            prefix,
+            EXAMPLE / "5ffg.pdb",
+            "ACDE",
             "receptor_pdb_filename=other.pdb\n",
         )
 
@@ -178,15 +211,20 @@ async def test_upload_outputs_writes_manifest(object_storage, prefix, tmp_path):
     manifest = await upload_outputs(object_storage, prefix, output_dir)
 
     names = [
-        "complex1.pdb", "complex2.pdb", "complex3.pdb", "logs/dock.log",
-        "result.csv", "result.json",
+        "complex1.pdb",
+        "complex2.pdb",
+        "complex3.pdb",
+        "logs/dock.log",
+        "result.csv",
+        "result.json",
     ]
     assert [entry["name"] for entry in manifest["files"]] == names
     for entry in manifest["files"]:
         assert entry["size"] == (output_dir / entry["name"]).stat().st_size
         assert entry["sha256"] == sha256_of(output_dir / entry["name"])
     assert await object_storage.list_keys(f"{prefix}/output") == sorted(
-        [f"{prefix}/output/{name}" for name in names] + [f"{prefix}/output/manifest.json"]
+        [f"{prefix}/output/{name}" for name in names]
+        + [f"{prefix}/output/manifest.json"]
     )
     assert await read_manifest(object_storage, prefix) == manifest
     assert await outputs_complete(object_storage, prefix) is True
@@ -219,7 +257,11 @@ async def test_pipeline_manifest_uploaded_as_is(object_storage, prefix, tmp_path
 async def test_pipeline_manifest_mismatch_fails(object_storage, prefix, tmp_path):
     output_dir = make_outputs(tmp_path / "output")
     listed = output_dir / "result.csv"
-    entry = {"name": "result.csv", "size": listed.stat().st_size, "sha256": sha256_of(listed)}
+    entry = {
+        "name": "result.csv",
+        "size": listed.stat().st_size,
+        "sha256": sha256_of(listed),
+    }
     (output_dir / "manifest.json").write_text(json.dumps({"files": [entry]}))
     listed.write_text("Index,changed after the manifest\n")
 
@@ -249,7 +291,10 @@ async def test_retried_upload_replaces_outputs(object_storage, prefix, tmp_path)
     # complex3.pdb came from the first attempt only; the second one removes it.
     assert not await object_storage.exists(f"{prefix}/output/complex3.pdb")
     assert [entry["name"] for entry in manifest["files"]] == [
-        "complex1.pdb", "complex2.pdb", "result.csv", "result.json",
+        "complex1.pdb",
+        "complex2.pdb",
+        "result.csv",
+        "result.json",
     ]
 
 
@@ -290,13 +335,18 @@ async def test_upload_outputs_skips_symlinks(object_storage, prefix, tmp_path):
     assert not await object_storage.exists(f"{prefix}/output/link.txt")
 
 
-# -- the synchronous wrappers of the command line ----------------------------------------
+# -- the synchronous wrappers of the command line ----------------------------------
 
 
-@pytest.mark.parametrize("backend", ["local", pytest.param("filer", marks=pytest.mark.services)])
+@pytest.mark.parametrize(
+    "backend", ["local", pytest.param("filer", marks=pytest.mark.services)]
+)
 def test_sync_wrappers_round_trip(request, backend, tmp_path, prefix):
     if backend == "local":
-        env = {"STORAGE_BACKEND": "local", "STORAGE_LOCAL_ROOT": str(tmp_path / "store")}
+        env = {
+            "STORAGE_BACKEND": "local",
+            "STORAGE_LOCAL_ROOT": str(tmp_path / "store"),
+        }
     else:
         env = request.getfixturevalue("seaweedfs").env(backend)
     settings = Settings.from_env(env)
@@ -304,18 +354,25 @@ def test_sync_wrappers_round_trip(request, backend, tmp_path, prefix):
     local_job = tmp_path / "store" / "astramolecula" / prefix
     if backend == "local":
         (local_job / "input").mkdir(parents=True)
-        (local_job / "input" / "5ffg.pdb").write_bytes((EXAMPLE / "5ffg.pdb").read_bytes())
+        (local_job / "input" / "5ffg.pdb").write_bytes(
+            (EXAMPLE / "5ffg.pdb").read_bytes()
+        )
         (local_job / "input" / "peptide.fasta").write_text(">p\nACDE\n")
         (local_job / "optimization_config.txt").write_text(config)
     else:
+
         async def store() -> None:
             async with get_storage(settings) as storage:
-                await store_job_inputs(storage, prefix, EXAMPLE / "5ffg.pdb", "ACDE", config)
+                await store_job_inputs(
+                    storage, prefix, EXAMPLE / "5ffg.pdb", "ACDE", config
+                )
 
         asyncio.run(store())
 
     job_dir = fetch_job_inputs_sync(settings, prefix, tmp_path / "job")
-    manifest = upload_outputs_sync(settings, prefix, make_outputs(tmp_path / "output", 1))
+    manifest = upload_outputs_sync(
+        settings, prefix, make_outputs(tmp_path / "output", 1)
+    )
 
     assert (job_dir / "5ffg.pdb").is_file()
     assert len(manifest["files"]) == 3

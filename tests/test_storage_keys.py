@@ -1,4 +1,4 @@
-"""Key safety: keys that could leave the bucket or are malformed never reach a backend."""
+"""Key safety: keys that could leave the bucket, or are malformed, reach no backend."""
 
 from __future__ import annotations
 
@@ -130,7 +130,9 @@ def test_job_prefix_rejects(job_id):
         job_prefix(job_id)
 
 
-@pytest.mark.parametrize("bucket", ["ab", "Astra", "-astra", "astra-", "a..b", "a_b", ""])
+@pytest.mark.parametrize(
+    "bucket", ["ab", "Astra", "-astra", "astra-", "a..b", "a_b", ""]
+)
 def test_bucket_name_rejected(bucket):
     with pytest.raises(InputError, match="SEAWEED_BUCKET"):
         validate_bucket(bucket)
@@ -202,7 +204,9 @@ async def test_every_operation_checks_key(unreachable_storage, tmp_path):
 
 
 async def test_unreachable_server_error_names_key(tmp_path):
-    async with FilerStorage(NO_SERVER, "astramolecula", RetryPolicy(attempts=2)) as filer:
+    async with FilerStorage(
+        NO_SERVER, "astramolecula", RetryPolicy(attempts=2)
+    ) as filer:
         with pytest.raises(StorageError) as caught:
             await filer.read_bytes("jobs/peptide_optimization/j1/input/peptide.fasta")
 

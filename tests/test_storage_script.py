@@ -1,4 +1,4 @@
-"""scripts/start-seaweedfs.sh: start, status and stop a SeaweedFS for development and CI."""
+"""scripts/start-seaweedfs.sh: start, status and stop a SeaweedFS for development."""
 
 from __future__ import annotations
 
@@ -27,10 +27,15 @@ def is_running(pid: int) -> bool:
     return state != "Z"
 
 
-def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_script(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(SCRIPT), *args],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, **(env or {})},
     )
 
@@ -55,8 +60,17 @@ async def test_script_start_status_stop(script_server):
     keys = {"S3_ACCESS_KEY": "script-key", "S3_SECRET_KEY": "script-secret"}
 
     started = run_script(
-        "start", str(data_dir), "--filer-port", str(filer), "--s3-port", str(s3),
-        "--master-port", str(master), "--volume-port", str(volume), env=keys,
+        "start",
+        str(data_dir),
+        "--filer-port",
+        str(filer),
+        "--s3-port",
+        str(s3),
+        "--master-port",
+        str(master),
+        "--volume-port",
+        str(volume),
+        env=keys,
     )
 
     assert started.returncode == 0, started.stderr
@@ -75,11 +89,13 @@ async def test_script_start_status_stop(script_server):
         }
     )
     async with get_storage(settings) as storage:
-        await storage.write_text("jobs/peptide_optimization/s1/input/peptide.fasta", ">p\nAC\n")
-    filer_copy = httpx.get(
-        f"http://127.0.0.1:{filer}/buckets/astramolecula/jobs/peptide_optimization/s1/"
-        "input/peptide.fasta"
-    )
+        await storage.write_text(
+            "jobs/peptide_optimization/s1/input/peptide.fasta", ">p\nAC\n"
+        )
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{filer}") as client:
+        filer_copy = await client.get(
+            "/buckets/astramolecula/jobs/peptide_optimization/s1/input/peptide.fasta"
+        )
     assert filer_copy.text == ">p\nAC\n"
 
     stopped = run_script("stop", str(data_dir))

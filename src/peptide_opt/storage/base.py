@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -18,7 +19,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar
 
 from peptide_opt.errors import StorageError
 from peptide_opt.storage.keys import validate_bucket, validate_key
@@ -29,6 +30,9 @@ T = TypeVar("T")
 
 #: Bytes read or written per step when a file is streamed (4 MiB).
 CHUNK_SIZE = 4 * 1024 * 1024
+
+#: Smallest piece a download writes to disk at once (1 MiB).
+WRITE_BATCH_BYTES = 1024 * 1024
 
 #: Largest object :meth:`Storage.read_bytes` returns by default (16 MiB).
 MAX_READ_BYTES = 16 * 1024 * 1024
@@ -77,17 +81,18 @@ class ObjectInfo:
 
 
 class FileDigest:
-    """MD5 and SHA-256 of a byte stream, updated chunk by chunk."""
+    """MD5 and, unless turned off, SHA-256 of a byte stream, updated chunk by chunk."""
 
-    def __init__(self) -> None:
+    def __init__(self, with_sha256: bool = True) -> None:
         self.size = 0
         self._md5 = hashlib.md5(usedforsecurity=False)
-        self._sha256 = hashlib.sha256()
+        self._sha256 = hashlib.sha256() if with_sha256 else None
 
     def update(self, chunk: bytes) -> None:
         self.size += len(chunk)
         self._md5.update(chunk)
-        self._sha256.update(chunk)
+        if self._sha256 is not None:
+            self._sha256.update(chunk)
 
     @property
     def md5(self) -> str:
@@ -98,8 +103,8 @@ class FileDigest:
         return base64.b64encode(self._md5.digest()).decode("ascii")
 
     @property
-    def sha256(self) -> str:
-        return self._sha256.hexdigest()
+    def sha256(self) -> str | None:
+        return self._sha256.hexdigest() if self._sha256 is not None else None
 
 
 async def read_file_chunks(
@@ -108,18 +113,31 @@ async def read_file_chunks(
     on_progress: ProgressCallback | None = None,
     chunk_size: int = CHUNK_SIZE,
 ) -> AsyncIterator[bytes]:
-    """Yield a file's bytes chunk by chunk, read in a thread, updating ``digest``."""
+    """Yield a file's bytes chunk by chunk, updating ``digest``.
+
+    A worker thread reads and hashes the next chunk while the current one is sent
+    (hashlib releases the GIL), so at most two chunks are in memory.
+    """
+
+    def read_and_hash() -> bytes:
+        chunk = handle.read(chunk_size)
+        digest.update(chunk)
+        return chunk
+
     handle = await asyncio.to_thread(open, path, "rb")
+    pending = asyncio.ensure_future(asyncio.to_thread(read_and_hash))
+    sent = 0
     try:
-        while True:
-            chunk = await asyncio.to_thread(handle.read, chunk_size)
-            if not chunk:
-                return
-            digest.update(chunk)
+        while chunk := await pending:
+            pending = asyncio.ensure_future(asyncio.to_thread(read_and_hash))
+            sent += len(chunk)
             if on_progress is not None:
-                on_progress(digest.size)
+                on_progress(sent)
             yield chunk
     finally:
+        # A thread cannot be cancelled: wait for the read in flight before closing.
+        with contextlib.suppress(BaseException):
+            await pending
         await asyncio.to_thread(handle.close)
 
 
@@ -140,43 +158,79 @@ def is_temporary_name(name: str) -> bool:
 class DownloadTarget:
     """A temporary file in the destination folder that becomes the destination.
 
-    Use as an async context manager: the file is renamed onto the destination by
-    :meth:`commit` and removed if the block ends without a commit.
+    Use as an async context manager: :meth:`commit` checks the bytes written and
+    renames the file onto the destination, and a block that ends without a commit
+    removes it. Writes are batched into pieces of at least :data:`WRITE_BATCH_BYTES`,
+    each hashed and written in a worker thread while the next piece arrives, so at
+    most two pieces wait in memory.
     """
 
     def __init__(self, destination: Path) -> None:
         self.destination = Path(destination)
-        self.digest = FileDigest()
+        # Downloads are checked against the stored MD5 only.
+        self.digest = FileDigest(with_sha256=False)
         self._handle: BinaryIO | None = None
         self._path: Path | None = None
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._pending: asyncio.Future | None = None
 
-    async def __aenter__(self) -> DownloadTarget:
+    async def __aenter__(self) -> Self:
         self._handle, self._path = await asyncio.to_thread(
             open_temporary_file, self.destination
         )
         return self
 
     async def write(self, chunk: bytes) -> None:
-        assert self._handle is not None
-        self.digest.update(chunk)
-        await asyncio.to_thread(self._handle.write, chunk)
+        self._batch.append(chunk)
+        self._batch_bytes += len(chunk)
+        if self._batch_bytes >= WRITE_BATCH_BYTES:
+            await self._flush()
 
-    async def commit(self) -> Path:
+    async def _flush(self) -> None:
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        pieces, self._batch, self._batch_bytes = self._batch, [], 0
+        if pieces:
+            self._pending = asyncio.ensure_future(
+                asyncio.to_thread(self._write_and_hash, pieces)
+            )
+
+    def _write_and_hash(self, pieces: list[bytes]) -> None:
+        assert self._handle is not None
+        for piece in pieces:
+            self.digest.update(piece)
+            self._handle.write(piece)
+
+    async def commit(self, key: str, size: int | None, md5: str | None) -> Path:
+        """Check the bytes against the stored ``size`` and ``md5``, then rename."""
         assert self._handle is not None and self._path is not None
+        await self._flush()
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        check_download(key, self.digest, size, md5)
         await asyncio.to_thread(self._handle.close)
         await asyncio.to_thread(os.replace, self._path, self.destination)
         self._path = None
         return self.destination
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._pending is not None:
+            # A thread cannot be cancelled: let the write in flight finish first.
+            with contextlib.suppress(BaseException):
+                await self._pending
         if self._handle is not None and not self._handle.closed:
             await asyncio.to_thread(self._handle.close)
         if self._path is not None:
             await asyncio.to_thread(self._path.unlink, True)
 
 
-def check_download(key: str, digest: FileDigest, size: int | None, md5: str | None) -> None:
-    """Raise a retryable error when downloaded bytes differ from the stored size or MD5."""
+def check_download(
+    key: str, digest: FileDigest, size: int | None, md5: str | None
+) -> None:
+    """Raise a retryable error when the bytes differ from the stored size or MD5."""
     if size is not None and digest.size != size:
         raise TransientStorageError(
             f"download of {key!r} was cut short: got {digest.size} of {size} bytes"
@@ -191,7 +245,7 @@ def plain_md5(etag: str | None) -> str | None:
     """Return an ETag's MD5 hex digest, or None when it is not a plain MD5.
 
     S3 and the SeaweedFS Filer give the MD5 of the content as the ETag of single-part
-    objects; a multipart ETag has a ``-<parts>`` suffix and is not the content's MD5.
+    objects. A multipart ETag has a ``-<parts>`` suffix and is not the content's MD5.
     """
     if not etag:
         return None
@@ -216,7 +270,7 @@ class Storage(abc.ABC):
         self.bucket = validate_bucket(bucket)
         self.retry = retry or RetryPolicy()
 
-    async def __aenter__(self) -> Storage:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -255,12 +309,16 @@ class Storage(abc.ABC):
         """Download ``key`` to ``path`` through a temporary file renamed on success."""
         key = validate_key(key)
         path = Path(path)
-        return await self._retrying("download", key, lambda: self._download_file(key, path))
+        return await self._retrying(
+            "download", key, lambda: self._download_file(key, path)
+        )
 
     async def read_bytes(self, key: str, max_bytes: int = MAX_READ_BYTES) -> bytes:
         """Return a small object's content; objects over ``max_bytes`` raise."""
         key = validate_key(key)
-        return await self._retrying("read", key, lambda: self._read_bytes(key, max_bytes))
+        return await self._retrying(
+            "read", key, lambda: self._read_bytes(key, max_bytes)
+        )
 
     async def read_text(self, key: str, max_bytes: int = MAX_READ_BYTES) -> str:
         """Return a small object's content decoded as UTF-8."""
@@ -280,7 +338,7 @@ class Storage(abc.ABC):
         return await self.write_bytes(key, text.encode("utf-8"))
 
     async def exists(self, key: str) -> bool:
-        """Tell whether an object exists at ``key`` (a folder of keys does not count)."""
+        """Tell whether an object exists at ``key``; a folder of keys does not count."""
         key = validate_key(key)
         return await self._retrying("check", key, lambda: self._exists(key))
 
@@ -380,8 +438,8 @@ class Storage(abc.ABC):
 def too_large(key: str, size: int, max_bytes: int) -> StorageError:
     """Return the error for reading an object larger than ``max_bytes`` into memory."""
     return StorageError(
-        f"{key!r} is {size} bytes, over the limit of {max_bytes} bytes for reading into "
-        "memory; download it to a file instead"
+        f"{key!r} is {size} bytes, over the limit of {max_bytes} bytes for reading "
+        "into memory; download it to a file instead"
     )
 
 

@@ -104,15 +104,19 @@ async def _fetch_input(storage: Storage, key: str, dest_dir: Path) -> Path:
 async def _find_receptor(storage: Storage, prefix: str) -> str:
     """Return the name of the only receptor file under ``PREFIX/input/``."""
     input_prefix = join_key(prefix, "input")
-    names = [key[len(input_prefix) + 1 :] for key in await storage.list_keys(input_prefix)]
+    names = [
+        key[len(input_prefix) + 1 :] for key in await storage.list_keys(input_prefix)
+    ]
     candidates = [
-        name for name in names if "/" not in name and name.lower().endswith(RECEPTOR_SUFFIXES)
+        name
+        for name in names
+        if "/" not in name and name.lower().endswith(RECEPTOR_SUFFIXES)
     ]
     if len(candidates) != 1:
         found = ", ".join(candidates) if candidates else "none"
         raise InputError(
-            f"job {prefix!r} sets no receptor_pdb_filename, so {input_prefix}/ must hold "
-            f"exactly one *.pdb or *.cif file; found {found}"
+            f"job {prefix!r} sets no receptor_pdb_filename, so {input_prefix}/ must "
+            f"contain exactly one *.pdb or *.cif file; found {found}"
         )
     return parse_file_name("receptor file name", candidates[0])
 
@@ -176,9 +180,9 @@ async def upload_outputs(
     """Upload every output file to ``PREFIX/output/`` and then, last, the manifest.
 
     A ``manifest.json`` already in ``output_dir`` is checked against the bytes sent
-    (size and SHA-256 of every file it lists) and uploaded as it is; otherwise one is
-    written. A manifest left by an earlier attempt is deleted first, and outputs of an
-    earlier attempt that this one lacks are deleted before the new manifest is written.
+    (size and SHA-256 of every file it lists) and uploaded as it is. Without one, a
+    manifest is written. A manifest left by an earlier attempt is deleted first. Outputs
+    of an earlier attempt that this one lacks are deleted before the new manifest.
     Hidden files and folders (names starting with ``.``, such as ``.work/``) and
     symbolic links are skipped. Returns the manifest.
     """
@@ -198,7 +202,9 @@ async def upload_outputs(
 
     # Until the new manifest is written, the outputs must not look complete.
     await storage.delete(manifest_key)
-    uploaded = await _upload_files(storage, output_prefix, output_dir, names, on_progress)
+    uploaded = await _upload_files(
+        storage, output_prefix, output_dir, names, on_progress
+    )
     if listed is not None:
         _check_against_manifest(local_manifest, listed, uploaded)
     await _delete_stale_outputs(storage, output_prefix, set(uploaded) | {MANIFEST_NAME})
@@ -248,9 +254,11 @@ async def _upload_files(
 
     async def upload(name: str) -> ObjectInfo:
         key = join_key(output_prefix, name)
-        progress = None
-        if on_progress is not None:
-            progress = lambda sent: on_progress(key, sent)  # noqa: E731
+
+        def progress(sent: int) -> None:
+            if on_progress is not None:
+                on_progress(key, sent)
+
         async with limit:
             return await storage.upload_file(output_dir / name, key, progress)
 
@@ -269,7 +277,9 @@ async def _delete_stale_outputs(
 def build_manifest(uploaded: dict[str, ObjectInfo]) -> dict[str, Any]:
     """Return the manifest of uploaded outputs: every file's name, size and SHA-256."""
     return {
-        "created_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": datetime.datetime.now(datetime.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        ),
         "files": [
             {"name": name, "size": info.size, "sha256": info.sha256}
             for name, info in sorted(uploaded.items())
@@ -383,7 +393,9 @@ async def outputs_complete(
 # -- synchronous wrappers for the command line -----------------------------------------
 
 
-def fetch_job_inputs_sync(settings: Settings, prefix: str, dest_dir: Path | str) -> Path:
+def fetch_job_inputs_sync(
+    settings: Settings, prefix: str, dest_dir: Path | str
+) -> Path:
     """Run :func:`fetch_job_inputs` with the settings' backend in a new event loop."""
 
     async def run() -> Path:

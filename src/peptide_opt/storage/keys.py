@@ -32,31 +32,39 @@ class InvalidKeyError(StorageError, InputError):
     """
 
 
-def validate_key(key: str, what: str = "storage key") -> str:
-    """Return ``key`` if it is a safe relative key; raise :class:`InvalidKeyError`.
+def validate_key(key: str, label: str = "storage key") -> str:
+    """Return ``key`` if it is a safe relative key, else raise :class:`InvalidKeyError`.
+
+    ``label`` names the key in messages.
 
     Rejected: empty keys, absolute paths, backslashes, control characters, empty
     segments (``a//b``, a trailing ``/``), ``.`` and ``..`` segments, and keys over
     1024 bytes.
     """
     if not isinstance(key, str) or key == "":
-        raise InvalidKeyError(f"{what} must be a non-empty text, got {key!r}")
+        raise InvalidKeyError(f"{label} must be a non-empty text, got {key!r}")
     if key.startswith("/"):
-        raise InvalidKeyError(f"{what} must be relative, got the absolute path {key!r}")
+        raise InvalidKeyError(
+            f"{label} must be relative, got the absolute path {key!r}"
+        )
     if "\\" in key:
-        raise InvalidKeyError(f"{what} must not contain a backslash, got {key!r}")
+        raise InvalidKeyError(f"{label} must not contain a backslash, got {key!r}")
     if _CONTROL_CHARACTERS.search(key):
-        raise InvalidKeyError(f"{what} must not contain control characters, got {key!r}")
+        raise InvalidKeyError(
+            f"{label} must not contain control characters, got {key!r}"
+        )
     for segment in key.split("/"):
         if segment == "":
-            raise InvalidKeyError(f"{what} must not contain empty segments, got {key!r}")
+            raise InvalidKeyError(
+                f"{label} must not contain empty segments, got {key!r}"
+            )
         if segment in (".", ".."):
             raise InvalidKeyError(
-                f"{what} must not contain '.' or '..' segments, got {key!r}"
+                f"{label} must not contain '.' or '..' segments, got {key!r}"
             )
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise InvalidKeyError(
-            f"{what} must be at most {MAX_KEY_BYTES} bytes, got "
+            f"{label} must be at most {MAX_KEY_BYTES} bytes, got "
             f"{len(key.encode('utf-8'))} bytes: {key[:80]!r}..."
         )
     return key
@@ -69,7 +77,11 @@ def join_key(*parts: str) -> str:
 
 
 def validate_bucket(bucket: str) -> str:
-    """Return an S3-compatible bucket name (3-63 lowercase letters, digits, ``.``, ``-``)."""
+    """Return ``bucket`` if it is a valid S3 bucket name; raise InputError if not.
+
+    Valid: 3-63 lowercase letters, digits, ``.`` and ``-``, starting and ending with a
+    letter or digit.
+    """
     if not _BUCKET_PATTERN.match(bucket or "") or ".." in bucket:
         raise InputError(
             "SEAWEED_BUCKET must be 3-63 lowercase letters, digits, '.' or '-', "
@@ -113,8 +125,10 @@ def resolve_job_prefix(job_dir: str) -> str:
             f"jobs/peptide_optimization/<id>, got {job_dir!r}"
         )
     task_type, job_id = segments[-2], segments[-1]
-    if not _JOB_ID_PATTERN.match(task_type) or not _JOB_ID_PATTERN.match(job_id) or (
-        ".." in task_type or ".." in job_id
+    if (
+        not _JOB_ID_PATTERN.match(task_type)
+        or not _JOB_ID_PATTERN.match(job_id)
+        or (".." in task_type or ".." in job_id)
     ):
         raise InvalidKeyError(
             "job_dir must end in jobs/<task type>/<job id> where both are letters, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -49,15 +50,23 @@ class LocalStorage(Storage):
     async def _ensure_bucket(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
 
-    async def _copy_in(self, source: Path, key: str, on_progress: ProgressCallback | None):
+    async def _copy_in(
+        self, source: Path, key: str, on_progress: ProgressCallback | None
+    ) -> FileDigest:
         destination = self._path(key)
         digest = FileDigest()
         handle, temporary = await asyncio.to_thread(open_temporary_file, destination)
+
+        def copy_chunk(reader) -> int:
+            chunk = reader.read(CHUNK_SIZE)
+            digest.update(chunk)
+            handle.write(chunk)
+            return len(chunk)
+
         try:
-            with open(source, "rb") as reader:
-                while chunk := await asyncio.to_thread(reader.read, CHUNK_SIZE):
-                    digest.update(chunk)
-                    await asyncio.to_thread(handle.write, chunk)
+            reader = await asyncio.to_thread(open, source, "rb")
+            with contextlib.closing(reader):
+                while await asyncio.to_thread(copy_chunk, reader):
                     if on_progress is not None:
                         on_progress(digest.size)
             await asyncio.to_thread(_flush_and_close, handle)
@@ -83,11 +92,13 @@ class LocalStorage(Storage):
         source = self._path(key)
         if not source.is_file():
             raise not_found(key, self)
+        size = source.stat().st_size
+        reader = await asyncio.to_thread(open, source, "rb")
         async with DownloadTarget(path) as target:
-            with open(source, "rb") as reader:
+            with contextlib.closing(reader):
                 while chunk := await asyncio.to_thread(reader.read, CHUNK_SIZE):
                     await target.write(chunk)
-            return await target.commit()
+            return await target.commit(key, size, None)
 
     async def _read_bytes(self, key: str, max_bytes: int) -> bytes:
         path = self._path(key)
@@ -122,7 +133,9 @@ class LocalStorage(Storage):
         for directory, _, names in os.walk(folder):
             for name in names:
                 if not is_temporary_name(name):
-                    keys.append((Path(directory) / name).relative_to(self.root).as_posix())
+                    keys.append(
+                        (Path(directory) / name).relative_to(self.root).as_posix()
+                    )
         return keys
 
     async def _delete(self, key: str) -> None:

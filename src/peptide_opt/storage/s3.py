@@ -1,7 +1,7 @@
 """The S3 backend (aioboto3): the SeaweedFS S3 gateway, MinIO or AWS S3.
 
 Files up to :data:`MULTIPART_THRESHOLD` go up in one ``PutObject``, larger ones as a
-multipart upload of :data:`PART_SIZE` parts, so an upload holds at most one part in
+multipart upload of :data:`PART_SIZE` parts, so an upload keeps at most one part in
 memory. Every request carries ``Content-MD5``, which the server checks, and every
 returned ETag is compared with the MD5 computed here: a single-part ETag is the MD5 of
 the content, a multipart ETag is the MD5 of the parts' binary MD5s followed by
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -145,14 +146,20 @@ class S3Storage(Storage):
         except _NETWORK_ERRORS as error:
             raise TransientStorageError(f"{type(error).__name__}: {error}") from error
 
-    def _client_error(self, key: str, error: botocore.exceptions.ClientError) -> Exception:
+    def _client_error(
+        self, key: str, error: botocore.exceptions.ClientError
+    ) -> Exception:
         code = str(error.response.get("Error", {}).get("Code", ""))
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        status = int(
+            error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        )
         if status >= 500:
             return TransientStorageError(f"HTTP {status} {code}: {error}")
         if code in _NOT_FOUND_CODES or status == 404:
             if code == "NoSuchBucket":
-                return StorageError(f"bucket {self.bucket!r} not found at {self.endpoint}")
+                return StorageError(
+                    f"bucket {self.bucket!r} not found at {self.endpoint}"
+                )
             return not_found(key, self)
         return StorageError(f"S3 rejected the request for {key!r}: {error}")
 
@@ -175,21 +182,25 @@ class S3Storage(Storage):
     ) -> ObjectInfo:
         size = path.stat().st_size
         if size <= self.multipart_threshold:
-            data = await asyncio.to_thread(path.read_bytes)
-            info = await self._put(key, data)
+            data, digest = await asyncio.to_thread(_read_and_hash, path)
+            info = await self._put(key, data, digest)
             if on_progress is not None:
                 on_progress(len(data))
             return info
         return await self._upload_multipart(path, key, size, on_progress)
 
     async def _write_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        return await self._put(key, data)
-
-    async def _put(self, key: str, data: bytes) -> ObjectInfo:
         digest = FileDigest()
         digest.update(data)
+        return await self._put(key, data, digest)
+
+    async def _put(self, key: str, data: bytes, digest: FileDigest) -> ObjectInfo:
         reply = await self._call(
-            "put_object", key, Bucket=self.bucket, Key=key, Body=data,
+            "put_object",
+            key,
+            Bucket=self.bucket,
+            Key=key,
+            Body=data,
             ContentMD5=digest.md5_base64,
         )
         _check_etag(key, reply.get("ETag"), digest.md5)
@@ -209,8 +220,12 @@ class S3Storage(Storage):
                 "complete upload",
                 key,
                 lambda: self._call(
-                    "complete_multipart_upload", key, Bucket=self.bucket, Key=key,
-                    UploadId=upload_id, MultipartUpload={"Parts": parts},
+                    "complete_multipart_upload",
+                    key,
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
                 ),
             )
         except BaseException:
@@ -240,25 +255,41 @@ class S3Storage(Storage):
         """Send the file's parts in order; each part is retried on its own."""
         digest = FileDigest()
         parts: list[dict[str, Any]] = []
-        with open(path, "rb") as reader:
-            while chunk := await asyncio.to_thread(reader.read, self.part_size):
-                digest.update(chunk)
+
+        def read_part(reader) -> tuple[bytes, Any]:
+            chunk = reader.read(self.part_size)
+            digest.update(chunk)
+            return chunk, hashlib.md5(chunk, usedforsecurity=False)
+
+        reader = await asyncio.to_thread(open, path, "rb")
+        try:
+            while True:
+                chunk, part_md5 = await asyncio.to_thread(read_part, reader)
+                if not chunk:
+                    break
                 number = len(parts) + 1
-                etag = await self._retrying(
-                    f"upload part {number}",
-                    key,
-                    lambda: self._put_part(key, upload_id, number, chunk),
+                put_part = functools.partial(
+                    self._put_part, key, upload_id, number, chunk, part_md5
                 )
+                etag = await self._retrying(f"upload part {number}", key, put_part)
                 parts.append({"PartNumber": number, "ETag": etag})
                 if on_progress is not None:
                     on_progress(digest.size)
+        finally:
+            await asyncio.to_thread(reader.close)
         return digest, parts
 
-    async def _put_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        part_md5 = hashlib.md5(data, usedforsecurity=False)
+    async def _put_part(
+        self, key: str, upload_id: str, number: int, data: bytes, part_md5: Any
+    ) -> str:
         reply = await self._call(
-            "upload_part", key, Bucket=self.bucket, Key=key, UploadId=upload_id,
-            PartNumber=number, Body=data,
+            "upload_part",
+            key,
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
             ContentMD5=_base64(part_md5.digest()),
         )
         _check_etag(f"{key} part {number}", reply.get("ETag"), part_md5.hexdigest())
@@ -268,7 +299,10 @@ class S3Storage(Storage):
         # Best effort: an abandoned upload only costs space until the server expires it.
         with contextlib.suppress(StorageError, TransientStorageError):
             await self._call(
-                "abort_multipart_upload", key, Bucket=self.bucket, Key=key,
+                "abort_multipart_upload",
+                key,
+                Bucket=self.bucket,
+                Key=key,
                 UploadId=upload_id,
             )
 
@@ -287,11 +321,12 @@ class S3Storage(Storage):
                 while chunk := await body.read(CHUNK_SIZE):
                     await target.write(chunk)
             except _NETWORK_ERRORS as error:
-                raise TransientStorageError(f"{type(error).__name__}: {error}") from error
-            check_download(
-                key, target.digest, int(reply["ContentLength"]), plain_md5(reply.get("ETag"))
+                raise TransientStorageError(
+                    f"{type(error).__name__}: {error}"
+                ) from error
+            return await target.commit(
+                key, int(reply["ContentLength"]), plain_md5(reply.get("ETag"))
             )
-            return await target.commit()
 
     async def _read_bytes(self, key: str, max_bytes: int) -> bytes:
         head = await self._call("head_object", key, Bucket=self.bucket, Key=key)
@@ -306,7 +341,9 @@ class S3Storage(Storage):
             raise TransientStorageError(f"{type(error).__name__}: {error}") from error
         digest = FileDigest()
         digest.update(data)
-        check_download(key, digest, int(reply["ContentLength"]), plain_md5(reply.get("ETag")))
+        check_download(
+            key, digest, int(reply["ContentLength"]), plain_md5(reply.get("ETag"))
+        )
         return data
 
     async def _exists(self, key: str) -> bool:
@@ -341,7 +378,9 @@ class S3Storage(Storage):
         for start in range(0, len(keys), _DELETE_BATCH):
             batch = keys[start : start + _DELETE_BATCH]
             reply = await self._call(
-                "delete_objects", prefix, Bucket=self.bucket,
+                "delete_objects",
+                prefix,
+                Bucket=self.bucket,
                 Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
             )
             errors = reply.get("Errors") or []
@@ -349,17 +388,25 @@ class S3Storage(Storage):
                 first = errors[0]
                 raise StorageError(
                     f"S3 could not delete {len(errors)} keys under {prefix!r}, "
-                    f"first {first.get('Key')!r}: {first.get('Code')} {first.get('Message')}"
+                    f"first {first.get('Key')!r}: {first.get('Code')} "
+                    f"{first.get('Message')}"
                 )
         return len(keys)
 
 
-def _check_etag(what: str, etag: str | None, md5: str) -> None:
+def _check_etag(label: str, etag: str | None, md5: str) -> None:
     stored = plain_md5(etag)
     if etag and stored != md5:
         raise TransientStorageError(
-            f"S3 stored {what!r} with ETag {etag}, the bytes sent have MD5 {md5}"
+            f"S3 stored {label!r} with ETag {etag}, the bytes sent have MD5 {md5}"
         )
+
+
+def _read_and_hash(path: Path) -> tuple[bytes, FileDigest]:
+    data = path.read_bytes()
+    digest = FileDigest()
+    digest.update(data)
+    return data, digest
 
 
 def _base64(raw: bytes) -> str:

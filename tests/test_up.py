@@ -157,7 +157,7 @@ class Up:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        for role in ("api", "worker"):
+        for role in ("api", "worker", "dispatcher"):
             for record in self.starts(role):
                 _kill_quietly(record["pid"])
         for record in self.records_of("grandchildren"):
@@ -230,6 +230,19 @@ def test_child_specs_name_and_env():
     assert specs[2].env["DB_NAME"] == "x"
 
 
+def test_child_specs_with_dispatcher():
+    specs = build_child_specs(
+        n_workers=1,
+        total_cores=2,
+        api_argv=["api"],
+        worker_argv=["w"],
+        base_env={},
+        dispatcher_argv=["dispatch"],
+    )
+    assert [spec.name for spec in specs] == ["api", "dispatcher", "worker-1"]
+    assert "WORKER_CORES" not in specs[1].env
+
+
 def test_child_specs_without_api():
     specs = build_child_specs(
         n_workers=1, total_cores=2, api_argv=None, worker_argv=["w"], base_env={}
@@ -299,6 +312,27 @@ def test_up_starts_children_and_stops_them(up, signum):
     assert sorted(record["pid"] for record in up.records_of("terms")) == sorted(pids)
     assert _wait_dead(pids) == []
     assert "supervisor_stopped exit_code=0" in up.log()
+
+
+def test_up_starts_dispatcher_in_celery_mode(up, monkeypatch):
+    monkeypatch.setenv("EXECUTOR", "celery")
+    up.start(up.base_args("--no-api", "--dispatch-command", up.command("dispatcher")))
+    up.wait_for(lambda: up.starts("dispatcher"), "the dispatcher")
+    up.wait_for(lambda: up.starts("worker"), "the worker")
+
+    assert len(up.starts("dispatcher")) == 1
+    assert up.stop() == 0
+    terms = {record["role"] for record in up.records_of("terms")}
+    assert terms == {"dispatcher", "worker"}
+
+
+def test_up_no_dispatcher_with_postgres_executor(up, monkeypatch):
+    monkeypatch.setenv("EXECUTOR", "postgres")
+    up.start(up.base_args("--no-api", "--dispatch-command", up.command("dispatcher")))
+    up.wait_for(lambda: up.starts("worker"), "the worker")
+
+    assert up.stop() == 0
+    assert up.starts("dispatcher") == []
 
 
 def test_up_gives_each_worker_at_least_one_core(up):

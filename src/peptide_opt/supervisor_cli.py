@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "up",
         help="run the API and N workers as local processes",
         description="Run migrations, then start the API and N workers as child "
-        "processes, restart any that exit, and stop them all on Ctrl-C or SIGTERM.",
+        "processes (and the Celery dispatcher when EXECUTOR=celery), restart any that "
+        "exit, and stop them all on Ctrl-C or SIGTERM.",
     )
     add_arguments(parser)
     parser.set_defaults(handler=run_up)
@@ -99,6 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="command line that starts one worker (default: peptide-opt worker)",
     )
     parser.add_argument(
+        "--dispatch-command",
+        metavar="COMMAND",
+        help="command line that sends new tasks to Celery, started only when "
+        "EXECUTOR=celery (default: peptide-opt dispatch)",
+    )
+    parser.add_argument(
         "--migrate-command",
         metavar="COMMAND",
         help="command line that applies the migrations (default: peptide-opt db upgrade)",
@@ -132,6 +139,13 @@ def run_up(args: argparse.Namespace) -> int:
         api_argv=None if args.no_api else _command(args.api_command, "serve"),
         worker_argv=_command(args.worker_command, "worker"),
         base_env=env,
+        # In Celery mode the workers take tasks from the broker, and only the
+        # dispatcher moves the platform's new rows there.
+        dispatcher_argv=(
+            _command(args.dispatch_command, "dispatch")
+            if settings.executor == "celery"
+            else None
+        ),
     )
     stop_timeout_s = args.stop_timeout
     if stop_timeout_s is None:

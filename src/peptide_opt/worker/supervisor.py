@@ -79,14 +79,17 @@ def build_child_specs(
     api_argv: Sequence[str] | None,
     worker_argv: Sequence[str],
     base_env: Mapping[str, str],
+    dispatcher_argv: Sequence[str] | None = None,
 ) -> list[ChildSpec]:
-    """Return the API's spec (unless ``api_argv`` is None) and one spec per worker.
+    """Return the specs of the API and the dispatcher (each unless None) and the workers.
 
     Every worker gets ``WORKER_CORES`` set to its share of ``total_cores``.
     """
     specs = []
     if api_argv is not None:
         specs.append(ChildSpec("api", tuple(api_argv), dict(base_env)))
+    if dispatcher_argv is not None:
+        specs.append(ChildSpec("dispatcher", tuple(dispatcher_argv), dict(base_env)))
     cores = str(worker_cores_share(total_cores, n_workers))
     for index in range(1, n_workers + 1):
         env = {**base_env, "WORKER_CORES": cores}

@@ -280,3 +280,17 @@ def test_rescore_is_deterministic(czy_rescored, czy_receptor, czy_site, vina_eng
     assert [item.peptide_pdb for item in again[0]] == [
         item.peptide_pdb for item in scores[0]
     ]
+
+
+def test_thread_same_in_worker_process(sidechain_engine, crystal_shell, crystal_pose):
+    # The rescore step threads designs in spawned processes when it has several cores;
+    # a design threaded there must be the one threaded here.
+    import concurrent.futures
+    import multiprocessing
+
+    arguments = (crystal_shell, crystal_pose.peptide_pdb, "WRQAYEE", 7.4, 37, 1)
+    here = sidechain_engine.thread(*arguments)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        there = pool.submit(sidechain_engine.thread, *arguments).result()
+    assert there.pdb_text == here.pdb_text

@@ -12,6 +12,18 @@
 # versions: pass TORCH_VERSION too when the variant has no build of the default.
 
 ARG PYTHON_IMAGE=python:3.11-slim
+ARG NODE_IMAGE=node:20-slim
+
+# The web page's browser packages (3Dmol.js, Swagger UI) from the npm registry, at the
+# versions of package-lock.json. Install scripts of the dependencies do not run; only
+# the project's own postinstall, which copies the files into
+# src/peptide_opt/api/static/vendor/.
+FROM ${NODE_IMAGE} AS assets
+WORKDIR /assets
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund \
+    && npm run postinstall
+
 
 FROM ${PYTHON_IMAGE} AS build
 
@@ -49,6 +61,8 @@ print('\n'.join(deps))" > /tmp/requirements.txt \
 
 COPY README.md /src/README.md
 COPY src /src/src
+COPY --from=assets /assets/src/peptide_opt/api/static/vendor \
+    /src/src/peptide_opt/api/static/vendor
 RUN pip install --no-deps /src \
     && python -c "import numpy, setuptools, torch; \
 assert int(numpy.__version__.split('.')[0]) < 2, numpy.__version__; \

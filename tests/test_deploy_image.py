@@ -8,7 +8,9 @@ are run against this repository.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -68,7 +70,45 @@ def test_hadolint_clean():
 def test_base_is_python_slim():
     assert arg_defaults()["PYTHON_IMAGE"] == "python:3.11-slim"
     froms = [stage[0][1] for stage in stages()]
-    assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE} AS runtime"]
+    assert froms == [
+        "${NODE_IMAGE} AS assets",
+        "${PYTHON_IMAGE} AS build",
+        "${PYTHON_IMAGE} AS runtime",
+    ]
+
+
+def test_assets_copied_where_postinstall_writes():
+    postinstall = json.loads((REPO_ROOT / "package.json").read_text())["scripts"][
+        "postinstall"
+    ]
+    (folder,) = re.findall(r"const d='([^']+)'", postinstall)
+    copies = [
+        arguments.split()
+        for keyword, arguments in instructions()
+        if keyword == "COPY" and arguments.startswith("--from=assets")
+    ]
+
+    assert copies == [["--from=assets", f"/assets/{folder}", f"/src/{folder}"]]
+
+
+def test_assets_stage_installs_vendor_files(tmp_path):
+    npm = find_tool("npm")
+    if npm is None:
+        pytest.skip("npm is not installed")
+    (assets,) = [stage for stage in stages() if stage[0][1].endswith("AS assets")]
+    (run,) = [arguments for keyword, arguments in assets if keyword == "RUN"]
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
+
+    # The stage's own RUN line, from the npm registry, in a folder of its own.
+    completed = subprocess.run(
+        ["bash", "-c", run], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    vendor = tmp_path / "src" / "peptide_opt" / "api" / "static" / "vendor"
+    for name in ("3Dmol-min.js", "swagger-ui-bundle.js", "swagger-ui.css"):
+        assert (vendor / name).stat().st_size > 0, name
 
 
 def test_torch_from_pytorch_cpu_index_by_default():
@@ -188,11 +228,13 @@ def test_dockerignore_keeps_what_copy_needs():
     sources = []
     for keyword, arguments in instructions():
         if keyword == "COPY" and "--from=" not in arguments:
-            sources.append(arguments.split()[0])
+            sources += arguments.split()[:-1]
 
-    assert sources == ["pyproject.toml", "README.md", "src"]
+    assert sources == ["package.json", "package-lock.json", "pyproject.toml", "README.md",
+                       "src"]
     for source in sources:
         assert (REPO_ROOT / source).exists(), source
         assert not _ignored(source, patterns), source
-    for private in (".env", ".venv", ".git", "tests", "storage", "output"):
+    for private in (".env", ".venv", ".git", "tests", "storage", "output", "node_modules",
+                    "src/peptide_opt/api/static/vendor"):
         assert _ignored(private, patterns), private

@@ -196,6 +196,17 @@ def test_submit_rejects_bad_receptor(api_server, api_users, database_url, tmp_pa
     assert fetch_rows(database_url, "SELECT id FROM tasks") == []
 
 
+def test_submit_rejects_repeated_fields(api_server, api_users):
+    with api_server.client(api_users("twice")) as client:
+        response = client.post(
+            "/v1/tasks",
+            data={"peptide": ["PQQATDD", "GGG"]},
+            files={"receptor": (COMPLEX.name, COMPLEX.read_bytes())},
+        )
+    assert response.status_code == 422
+    assert response.json()["detail"] == "field 'peptide' is given more than once"
+
+
 def test_upload_over_limit_is_413(api_server_factory, api_users, database_url, tmp_path):
     server = api_server_factory(MAX_UPLOAD_MB="1")
     big = tmp_path / "big.pdb"

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -54,7 +55,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing, invalid, revoked or expired key"},
     404: {"model": ErrorBody, "description": "no such task for this caller"},
 }
-TaskId = Annotated[str, "the task's UUID"]
+TaskId = Annotated[str, FastApiPath(description="the task's id (a UUID)")]
 
 #: OpenAPI links from a new task to the routes that take its id.
 _TASK_LINKS = {
@@ -177,7 +178,10 @@ async def _read_multipart(request: Request, folder: Path) -> submit.Submission:
         receptor: UploadFile | None = None
         peptide_text: str | None = None
         for name, value in form.multi_items():
-            if name in fields or (name == "receptor" and receptor is not None):
+            repeated = (name == "receptor" and receptor is not None) or (
+                name == "peptide" and peptide_text is not None
+            )
+            if name in fields or repeated:
                 raise InputError(f"field {name!r} is given more than once")
             if name == "receptor":
                 if not isinstance(value, UploadFile):

@@ -1,8 +1,8 @@
 """Benchmark of the rescore step on the example jobs: time per design and affinity gain.
 
 Runs the pipeline's steps up to ``rescore`` on 1CZY (receptor chain A of
-examples/1czy/1czy_complex.pdb, peptide PQQATDD, site_chain=B) and on the 5FFG job folder
-(examples/5ffg, its own config), then prints, per case:
+examples/1czy/1czy_complex.pdb, peptide PQQATDD, site_chain=B) and on the 5FFG job
+folder (examples/5ffg, its own config), then prints, per case:
 
 - the time of each step, the rescore time per design and the whole job's time;
 - for the design chosen by ``selection=rescore`` on each pose: the fraction of poses
@@ -57,14 +57,15 @@ def case_inputs(case: str, n_poses: int, n_designs: int):
 
 
 def run_case(case: str, n_poses: int, n_designs: int, cores: int) -> None:
+    from peptide_opt.pipeline.dock import dock_peptide
+    from peptide_opt.pipeline.model import build_peptide_model
+    from peptide_opt.pipeline.score import score_poses
+
     from peptide_opt.engines.base import get_engine
     from peptide_opt.pipeline.assemble import assemble_complex
     from peptide_opt.pipeline.design import design_poses
-    from peptide_opt.pipeline.dock import dock_peptide
-    from peptide_opt.pipeline.model import build_peptide_model
     from peptide_opt.pipeline.prepare import prepare_receptor
     from peptide_opt.pipeline.rescore import DesignScore, choose_design, rescore_designs
-    from peptide_opt.pipeline.score import score_poses
     from peptide_opt.pipeline.site import find_site
 
     inputs = case_inputs(case, n_poses, n_designs)
@@ -148,7 +149,8 @@ def report(label: str, picked) -> None:
         f"  {label}: better than the input on {better}/{len(deltas)} poses "
         f"({100 * better / len(deltas):.0f} %), mean delta "
         f"{statistics.mean(deltas):+.2f} kcal/mol; against the relaxed input "
-        f"{better_relaxed}/{len(relaxed)} ({100 * better_relaxed / len(relaxed):.0f} %), "
+        f"{better_relaxed}/{len(relaxed)} "
+        f"({100 * better_relaxed / len(relaxed):.0f} %), "
         f"mean {statistics.mean(relaxed):+.2f} kcal/mol"
     )
 

@@ -72,7 +72,12 @@ def test_hydrogen_bonds_without_hydrogens(crystal_contacts):
     assert all(bond["angle"] is None for bond in bonds)
     assert all(bond["distance"] <= 3.5 for bond in bonds)
     pairs = {
-        (b["peptide_residue"], b["peptide_atom"], b["receptor_residue"], b["receptor_atom"])
+        (
+            b["peptide_residue"],
+            b["peptide_atom"],
+            b["receptor_residue"],
+            b["receptor_atom"],
+        )
         for b in bonds
     }
     # Backbone-backbone pairs of the beta-strand-like binding mode, both directions.
@@ -91,10 +96,14 @@ def test_hydrogen_bond_distance_matches_coordinates(crystal_contacts):
         if b["peptide_atom"] == "N" and b["receptor_residue"] == "A:135:GLY"
     )
     donor = next(
-        line for line in _atom_lines("B") if int(line[22:26]) == 170 and line[12:16] == " N  "
+        line
+        for line in _atom_lines("B")
+        if int(line[22:26]) == 170 and line[12:16] == " N  "
     )
     acceptor = next(
-        line for line in _atom_lines("A") if int(line[22:26]) == 135 and line[12:16] == " O  "
+        line
+        for line in _atom_lines("A")
+        if int(line[22:26]) == 135 and line[12:16] == " O  "
     )
     expected = np.linalg.norm(_coordinates([donor])[0] - _coordinates([acceptor])[0])
     assert bond["distance"] == pytest.approx(expected, abs=1e-3)

@@ -42,18 +42,24 @@ def _sequence(pdb_text: str) -> str:
 
 @pytest.mark.parametrize("sequence", ["WRQAYEE", "KLLWFRY", "GGGGGGG", "PQQATDD"])
 def test_thread_keeps_backbone(sidechain_engine, crystal_shell, crystal_pose, sequence):
-    threaded = sidechain_engine.thread(crystal_shell, crystal_pose.peptide_pdb, sequence)
+    threaded = sidechain_engine.thread(
+        crystal_shell, crystal_pose.peptide_pdb, sequence
+    )
     before = _backbone(crystal_pose.peptide_pdb)
     after = _backbone(threaded.pdb_text)
     assert sorted(after) == sorted(before)
     shifts = np.array([np.linalg.norm(after[key] - before[key]) for key in before])
     assert np.sqrt(np.mean(shifts**2)) <= MAX_BACKBONE_RMSD
     assert shifts.max() <= MAX_BACKBONE_SHIFT
-    assert threaded.backbone_rmsd == pytest.approx(np.sqrt(np.mean(shifts**2)), abs=0.01)
+    assert threaded.backbone_rmsd == pytest.approx(
+        np.sqrt(np.mean(shifts**2)), abs=0.01
+    )
 
 
 def test_thread_writes_design_sequence(sidechain_engine, crystal_shell, crystal_pose):
-    threaded = sidechain_engine.thread(crystal_shell, crystal_pose.peptide_pdb, "WRQAYEE")
+    threaded = sidechain_engine.thread(
+        crystal_shell, crystal_pose.peptide_pdb, "WRQAYEE"
+    )
     assert _sequence(threaded.pdb_text) == "WRQAYEE"
     # Positions 1, 2, 5, 6 and 7 differ from PQQATDD.
     assert threaded.mutated_positions == [1, 2, 5, 6, 7]
@@ -76,14 +82,20 @@ def test_thread_is_deterministic(sidechain_engine, crystal_shell, crystal_pose):
     assert first.interaction_energy == second.interaction_energy
 
 
-def test_thread_relieves_clashes(sidechain_engine, crystal_shell, crystal_pose, czy_receptor):
+def test_thread_relieves_clashes(
+    sidechain_engine, crystal_shell, crystal_pose, czy_receptor
+):
     # After minimization no design heavy atom sits closer than 2.2 Å to a receptor
     # heavy atom (a clash would be about 1.5 Å), and the interaction energy with the
     # receptor is attractive.
-    threaded = sidechain_engine.thread(crystal_shell, crystal_pose.peptide_pdb, "KLLWFRY")
+    threaded = sidechain_engine.thread(
+        crystal_shell, crystal_pose.peptide_pdb, "KLLWFRY"
+    )
     peptide = _heavy_xyz(threaded.pdb_text)
     receptor = _heavy_xyz(czy_receptor.pdb_text)
-    closest = np.min(np.linalg.norm(peptide[:, None, :] - receptor[None, :, :], axis=-1))
+    closest = np.min(
+        np.linalg.norm(peptide[:, None, :] - receptor[None, :, :], axis=-1)
+    )
     assert closest >= 2.2
     assert threaded.interaction_energy < 0.0
 
@@ -208,7 +220,7 @@ def test_selection_without_designs_is_none(selection_case):
     assert choose_design(pose, None, [], "rescore") is None
 
 
-# -- re-scoring with Vina ---------------------------------------------------------------
+# -- re-scoring with Vina -------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +252,9 @@ def test_rescore_reports_every_design(czy_rescored):
     for item in scores[0]:
         assert math.isfinite(item.affinity)
         # design - input on the same pose, rounded to 0.001 kcal/mol
-        assert item.affinity_delta == pytest.approx(item.affinity - pose.affinity, abs=1e-3)
+        assert item.affinity_delta == pytest.approx(
+            item.affinity - pose.affinity, abs=1e-3
+        )
         assert item.relaxed_delta == pytest.approx(
             item.affinity - item.relaxed_input_affinity, abs=1e-3
         )
@@ -255,7 +269,7 @@ def test_rescore_keeps_receptor_atoms(czy_rescored, czy_receptor):
     receptor = _heavy_xyz(czy_receptor.pdb_text)
     for item in scores[0]:
         structure = gemmi.read_pdb_string(item.complex_pdb)
-        # The complex holds the peptide as chain A and the receptor as chain B.
+        # The complex contains the peptide as chain A and the receptor as chain B.
         chain_b = np.array(
             [
                 atom.pos.tolist()

@@ -3,9 +3,9 @@
 A design keeps the docked peptide's backbone and gets new side chains where its residues
 differ from the docked ones. The work runs in three stages, all inside the receptor:
 
-1. Threading: every residue keeps N, CA, C and O (and OXT on the last one); a residue
-   whose type is unchanged keeps its heavy side-chain atoms, a mutated one keeps CB when
-   both the old and the new residue have one. Hydrogens are dropped.
+1. Threading: every residue keeps N, CA, C and O, and the last one its OXT. A residue
+   whose type is unchanged keeps its heavy side-chain atoms. A mutated one keeps CB
+   when both the old and the new residue have one. Hydrogens are dropped.
 2. Rebuilding: PDBFixer (``addMissingAtoms``) places the missing side-chain atoms from
    its residue templates, superposed on the atoms that are kept, and relaxes only those
    atoms with its soft-core force field. The receptor is left out of this stage because
@@ -53,8 +53,8 @@ THREE_TO_ONE = {three: one for one, three in ONE_TO_THREE.items()}
 
 BACKBONE_ATOMS = ("N", "CA", "C", "O")
 #: Vacuum, because OpenMM's OBC2 implicit solvent for amber14 (a CustomGBForce) made
-#: each energy evaluation about 20 times slower on the CPU platform (OpenMM 8.6, a
-#: system of 1,300 atoms on a shared 2-core machine), which 2 s per design cannot afford.
+#: each energy evaluation about 20 times slower on the CPU platform. That was measured
+#: with OpenMM 8.6 on a system of 1,300 atoms, on a shared 2-core machine.
 FORCE_FIELD_FILES = ("amber14-all.xml",)
 
 #: Receptor residues with a heavy atom within this distance (Å) of a docked peptide
@@ -147,7 +147,7 @@ class ReceptorShell:
 
 @dataclasses.dataclass
 class ThreadedPeptide:
-    """A sequence threaded onto a docked backbone, rebuilt and minimized in the receptor.
+    """A sequence threaded onto a docked backbone and minimized in the receptor.
 
     ``pdb_text`` is the peptide as PDB text (chain A, residues 1..n, hydrogens).
     ``mutated_positions`` are the 1-based positions whose residue type changed.
@@ -205,8 +205,8 @@ class SideChainEngine:
                 keep.append(residue)
         if not keep:
             raise EngineError(
-                f"no receptor residue lies within {self.shell_radius:g} Å of the docked "
-                "peptide"
+                f"no receptor residue lies within {self.shell_radius:g} Å of the "
+                "docked peptide"
             )
         kept = set(keep)
         modeller = app.Modeller(receptor.topology, receptor.positions)
@@ -232,7 +232,7 @@ class SideChainEngine:
         seed: int = 37,
         cores: int = 1,
     ) -> ThreadedPeptide:
-        """Put ``sequence`` on the backbone of ``peptide_pdb`` and relax it in the shell.
+        """Thread ``sequence`` onto the backbone of ``peptide_pdb`` and relax it.
 
         Parameters
         ----------
@@ -257,7 +257,7 @@ class SideChainEngine:
         topology, positions = self._rebuild(threaded, ph, seed, cores)
         return self._relax(shell, topology, positions, sequence, mutated, cores)
 
-    # -- stage 2 -------------------------------------------------------------------------
+    # -- stage 2 ---------------------------------------------------------------------
 
     def _rebuild(
         self, threaded: gemmi.Structure, ph: float, seed: int, cores: int
@@ -284,13 +284,15 @@ class SideChainEngine:
                     )
                 finally:
                     random.setstate(saved)
-        except Exception as error:  # PDBFixer and OpenMM raise plain Exception subclasses
+        except (
+            Exception
+        ) as error:  # PDBFixer and OpenMM raise plain Exception subclasses
             raise EngineError(
                 f"side-chain rebuilding with PDBFixer failed: {error}"
             ) from error
         return modeller.topology, _positions_nm(modeller.positions)
 
-    # -- stage 3 -------------------------------------------------------------------------
+    # -- stage 3 ---------------------------------------------------------------------
 
     def _relax(
         self,
@@ -301,11 +303,13 @@ class SideChainEngine:
         mutated: list[int],
         cores: int,
     ) -> ThreadedPeptide:
-        """Repack the rebuilt side chains and minimize the peptide in the fixed shell."""
+        """Repack the rebuilt side chains and minimize the peptide in the shell."""
         n_peptide = peptide_xyz.shape[0]
         start = np.vstack([peptide_xyz, shell.positions_nm])
         backbone = [
-            atom.index for atom in peptide_topology.atoms() if atom.name in BACKBONE_ATOMS
+            atom.index
+            for atom in peptide_topology.atoms()
+            if atom.name in BACKBONE_ATOMS
         ]
         peptide_system = _create_system(peptide_topology, f"the design {sequence}")
         base, nonbonded = _split_nonbonded(peptide_system, shell)
@@ -335,7 +339,7 @@ class SideChainEngine:
 
 
 class _Minimizer:
-    """An OpenMM context of one system, for energies and local minimization (nm, kJ/mol)."""
+    """An OpenMM context for energies (kJ/mol) and local minimization (nm)."""
 
     def __init__(self, system, platform) -> None:
         import openmm
@@ -361,7 +365,9 @@ class _Minimizer:
             self.context, MINIMIZE_TOLERANCE, max_iterations
         )
         state = self.context.getState(getPositions=True)
-        return np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+        return np.asarray(
+            state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        )
 
 
 # -- systems --------------------------------------------------------------------------
@@ -656,7 +662,7 @@ def _bonded_neighbours(topology) -> dict[int, set[int]]:
 def _set_dihedral(
     xyz: np.ndarray, quad: list[int], angle_deg: float, neighbours: dict[int, set[int]]
 ) -> None:
-    """Rotate the atoms beyond the quad's central bond so its dihedral is ``angle_deg``."""
+    """Rotate the atoms beyond the central bond so the dihedral is ``angle_deg``."""
     a, b, c, d = quad
     moving = _atoms_beyond(b, c, neighbours)
     current = _dihedral_deg(xyz[a], xyz[b], xyz[c], xyz[d])

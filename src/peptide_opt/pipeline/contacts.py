@@ -1,4 +1,4 @@
-"""Interface contacts between a peptide and the receptor: nearby residues, hydrogen bonds.
+"""Interface contacts of a peptide and the receptor: nearby residues, hydrogen bonds.
 
 A receptor residue is in contact when one of its heavy atoms lies within
 :data:`CONTACT_DISTANCE` (4 Å) of a peptide heavy atom. Residues are labelled
@@ -51,10 +51,10 @@ NITROGEN_ACCEPTORS: dict[str, frozenset[str]] = {"HIS": frozenset({"ND1", "NE2"}
 
 @dataclasses.dataclass
 class InterfaceContacts:
-    """The receptor residues in contact with a peptide and the hydrogen bonds between them.
+    """The receptor residues in contact with a peptide, and their hydrogen bonds.
 
     ``residues`` lists ``chain:number:name`` labels in the receptor's order.
-    ``hydrogen_bonds`` holds one dict per bond: ``donor`` (``"peptide"`` or
+    ``hydrogen_bonds`` contains one dict per bond: ``donor`` (``"peptide"`` or
     ``"receptor"``), ``peptide_residue``, ``peptide_atom``, ``receptor_residue``,
     ``receptor_atom``, ``distance`` (donor-acceptor, Å) and ``angle`` (H-D-A, degrees,
     or None without hydrogens).
@@ -88,7 +88,7 @@ def interface_contacts(receptor_pdb: str, peptide_pdb: str) -> InterfaceContacts
         PDB text of the receptor and of the peptide in its pose, in the same frame.
     """
     peptide = _atom_table(peptide_pdb, "peptide")
-    # Only receptor atoms near the peptide can take part; a hydrogen of a donor within
+    # Only receptor atoms near the peptide can take part. A hydrogen of a donor within
     # 3.5 Å of the peptide lies within 3.5 + 1.25 Å of it.
     receptor = _subset(
         _atom_table(receptor_pdb, "receptor"),
@@ -121,14 +121,16 @@ def contact_residues(receptor: _Atoms, peptide: _Atoms) -> list[str]:
 def hydrogen_bonds(
     donors: _Atoms, acceptors: _Atoms, peptide_donates: bool
 ) -> list[dict[str, Any]]:
-    """Return the hydrogen bonds from donors of one structure to acceptors of the other."""
+    """Return the bonds from one structure's donors to the other's acceptors."""
     donor_indices, donor_hydrogens = _donors(donors)
     acceptor_indices = _acceptors(acceptors)
     if not donor_indices or not acceptor_indices:
         return []
     donor_xyz = donors.xyz[donor_indices]
     acceptor_xyz = acceptors.xyz[acceptor_indices]
-    distances = np.linalg.norm(donor_xyz[:, None, :] - acceptor_xyz[None, :, :], axis=-1)
+    distances = np.linalg.norm(
+        donor_xyz[:, None, :] - acceptor_xyz[None, :, :], axis=-1
+    )
     bonds = []
     for i, j in zip(*np.nonzero(distances <= HBOND_DISTANCE)):
         donor = donor_indices[i]
@@ -213,7 +215,7 @@ def _acceptors(atoms: _Atoms) -> list[int]:
 
 
 def _within(xyz: np.ndarray, other: np.ndarray, cutoff: float) -> np.ndarray:
-    """Return the indices of ``xyz`` rows within ``cutoff`` Å of any row of ``other``."""
+    """Return the indices of ``xyz`` rows within ``cutoff`` Å of a row of ``other``."""
     if xyz.size == 0 or other.size == 0:
         return np.zeros(0, dtype=int)
     low = other.min(axis=0) - cutoff

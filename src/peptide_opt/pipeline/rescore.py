@@ -1,8 +1,8 @@
 """Step ``rescore``: every distinct design of a pose, threaded and scored in that pose.
 
 For each pose, each distinct designed sequence is threaded onto the docked peptide's
-backbone, its new side chains are rebuilt, repacked and minimized in the receptor
-(:mod:`peptide_opt.engines.sidechains`), and the result is scored by the docking engine's
+backbone, and its new side chains are rebuilt, repacked and minimized in the receptor
+(:mod:`peptide_opt.engines.sidechains`). The result is scored by the docking engine's
 ``score``: the same Vina local optimization in the same box that gave the input peptide
 its affinity on that pose. The input sequence goes through the same threading and
 minimization too, so each design has two references:
@@ -13,8 +13,8 @@ minimization too, so each design has two references:
   minimization, which separates the effect of the sequence from that of the extra
   relaxation.
 
-Interface contacts (:mod:`peptide_opt.pipeline.contacts`) are listed for every design and
-for the input peptide of every pose.
+Interface contacts (:mod:`peptide_opt.pipeline.contacts`) are listed for every design
+and for the input peptide of every pose.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ class DesignScore:
     ``relaxed_input_affinity`` of the input sequence after the same threading and
     minimization as the design. ``affinity_delta`` is ``affinity - input_affinity`` and
     ``relaxed_delta`` is ``affinity - relaxed_input_affinity``. ``score`` and
-    ``global_score`` are ProteinMPNN's (mean negative log-likelihood of the peptide and
-    of the whole complex; lower is better), ``n_samples`` how often the sequence was
-    sampled. ``contacts`` and ``hydrogen_bonds`` are as in
+    ``global_score`` are ProteinMPNN's mean negative log-likelihoods of the peptide and
+    of the whole complex (lower is better). ``n_samples`` counts the samples of the
+    sequence. ``contacts`` and ``hydrogen_bonds`` are as in
     :class:`~peptide_opt.pipeline.contacts.InterfaceContacts`. ``mutated_positions``
     (1-based) differ from the docked peptide; ``backbone_rmsd`` (Å) is the backbone's
     shift during minimization, ``interaction_energy`` (kcal/mol) the minimized peptide's
@@ -118,7 +118,8 @@ def rescore_designs(
     """
     if len(pose_designs) != len(poses):
         raise EngineError(
-            f"{len(pose_designs)} design sets for {len(poses)} poses; expected one per pose"
+            f"{len(pose_designs)} design sets for {len(poses)} poses; expected one "
+            "per pose"
         )
     engine = engine or _docking_engine()
     sidechain_engine = sidechain_engine or _sidechain_engine()
@@ -127,7 +128,14 @@ def rescore_designs(
         for pose, designs in zip(poses, pose_designs):
             started = time.perf_counter()
             scores = rescore_pose(
-                receptor, site, pose, designs, config, cores, engine, sidechain_engine,
+                receptor,
+                site,
+                pose,
+                designs,
+                config,
+                cores,
+                engine,
+                sidechain_engine,
                 pool,
             )
             results.append(scores)
@@ -225,7 +233,7 @@ def rescore_pose(
 
 
 def input_contacts(receptor: Receptor, poses: list[Pose]) -> list[InterfaceContacts]:
-    """Return the interface contacts of the input peptide on each pose, in pose order."""
+    """Return the interface contacts of the input peptide on each pose, in order."""
     return [interface_contacts(receptor.pdb_text, pose.peptide_pdb) for pose in poses]
 
 
@@ -237,12 +245,12 @@ def choose_design(
 ) -> DesignScore | Design | None:
     """Choose the best design of a pose.
 
-    ``selection="mpnn"``: the lowest ProteinMPNN ``score``. ``selection="rescore"``:
-    among the designs whose ``score`` is below the input sequence's on this pose
-    (``pose_designs.native_score``), the best (lowest) Vina affinity; when none is
-    below, the lowest ``score``. Ties go to the lower ``score``, then the earlier
-    sample. The :class:`DesignScore` of the chosen sequence is returned when it was
-    re-scored, else its :class:`Design`; None when the pose has no designs.
+    ``selection="mpnn"`` takes the lowest ProteinMPNN ``score``. ``selection="rescore"``
+    takes the best (lowest) Vina affinity among the designs whose ``score`` is below
+    the input sequence's on this pose (``pose_designs.native_score``). When no design
+    is below it, the lowest ``score`` wins. Ties go to the lower ``score``, then the
+    earlier sample. The :class:`DesignScore` of the chosen sequence is returned when it
+    was re-scored, else its :class:`Design`, and None when the pose has no designs.
     """
     if selection not in SELECTIONS:
         raise InputError(f"selection must be 'rescore' or 'mpnn', got {selection!r}")

@@ -12,8 +12,8 @@ Round 1 is the ``design`` and ``rescore`` steps. Each later round, for every pos
 4. keeps it when it beats the best so far: a lower Vina affinity for
    ``selection=rescore``, a lower ProteinMPNN ``score`` for ``selection=mpnn``.
 
-Every affinity delta refers to the input peptide on the original pose (``pose.affinity``),
-so values of different rounds compare directly.
+Every affinity delta refers to the input peptide on the original pose
+(``pose.affinity``), so values of different rounds compare directly.
 """
 
 from __future__ import annotations
@@ -89,24 +89,41 @@ def run_rounds(
                 receptor, site, pose, only, config, cores, engine, sidechain_engine
             )[0]
         best.append(chosen)
-    trajectory = [_record(1, pose, item, None, False) for pose, item in zip(poses, best)]
+    trajectory = [
+        _record(1, pose, item, None, False) for pose, item in zip(poses, best)
+    ]
 
     for number in range(2, config.n_iterations + 1):
         started = time.perf_counter()
         active = [index for index, item in enumerate(best) if item is not None]
         refined = {
             index: _refine(
-                receptor, site, poses[index], best[index], config, cores, engine,
+                receptor,
+                site,
+                poses[index],
+                best[index],
+                config,
+                cores,
+                engine,
                 sidechain_engine,
             )
             for index in active
         }
-        complexes = [assemble_complex(receptor, refined[index]).text for index in active]
+        complexes = [
+            assemble_complex(receptor, refined[index]).text for index in active
+        ]
         new_designs = design_poses(complexes, config, engine=design_engine)
         for index, designs in zip(active, new_designs):
             pose = poses[index]
             candidate = _round_candidate(
-                receptor, site, pose, refined[index], designs, config, cores, engine,
+                receptor,
+                site,
+                pose,
+                refined[index],
+                designs,
+                config,
+                cores,
+                engine,
                 sidechain_engine,
             )
             improved = candidate is not None and _better(

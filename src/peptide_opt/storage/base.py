@@ -136,7 +136,7 @@ async def read_file_chunks(
             yield chunk
     finally:
         # A thread cannot be cancelled: wait for the read in flight before closing.
-        with contextlib.suppress(BaseException):
+        with contextlib.suppress(Exception):
             await pending
         await asyncio.to_thread(handle.close)
 
@@ -219,7 +219,7 @@ class DownloadTarget:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._pending is not None:
             # A thread cannot be cancelled: let the write in flight finish first.
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception):
                 await self._pending
         if self._handle is not None and not self._handle.closed:
             await asyncio.to_thread(self._handle.close)
@@ -280,7 +280,7 @@ class Storage(abc.ABC):
         """Release connections; the default has none."""
 
     def describe(self) -> str:
-        """Name the backend and bucket for messages, e.g. ``filer http://…/astramolecula``."""
+        """Return the backend and bucket as error messages name them."""
         return f"{self.backend} bucket {self.bucket!r}"
 
     # -- public operations -------------------------------------------------------------

@@ -9,6 +9,7 @@ up to a stop timeout and then sends SIGKILL to whatever is left.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -173,7 +174,7 @@ class Supervisor:
             # which then stops the children in order, and SIGKILL can reach the
             # processes a child started itself.
             process_group=0,
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
         child.started_at = time.monotonic()
         child.restart_at = None
@@ -290,7 +291,7 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """Ask Linux to send SIGTERM to the child when the supervisor dies (even by SIGKILL)."""
     if not sys.platform.startswith("linux"):
         return
@@ -299,3 +300,6 @@ def _die_with_parent() -> None:
     pr_set_pdeathsig = 1
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    # The supervisor may have died between fork and prctl, which then never fires.
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -15,7 +15,7 @@ import pytest
 from peptide_opt.api.app import STATIC_DIR
 from tests.test_api import COMPLEX
 
-pytestmark = [pytest.mark.services, pytest.mark.slow]
+pytestmark = pytest.mark.services
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -60,6 +60,61 @@ def browser(tmp_path):
         driver.quit()
 
 
+def _sign_in(browser, server, user):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url)
+    browser.find_element(By.ID, "key").send_keys(user.key)
+    browser.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
+    WebDriverWait(browser, 30).until(
+        ec.visibility_of_element_located((By.ID, "tasks-view"))
+    )
+
+
+def test_page_rejects_bad_key_and_cancels(browser, api_server, api_users):
+    """Without a worker: a wrong key, a rejected form, then submit and cancel."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(api_server.url)
+    browser.find_element(By.ID, "key").send_keys("po_not-a-key")
+    browser.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "message"), "invalid"))
+    assert browser.find_element(By.ID, "sign-in-view").is_displayed()
+
+    user = api_users("page-user")
+    _sign_in(browser, api_server, user)
+    form = browser.find_element(By.ID, "submit-form")
+    form.find_element(By.ID, "receptor").send_keys(str(COMPLEX))
+    form.find_element(By.ID, "peptide").send_keys("PQXQ")
+    form.find_element(By.ID, "submit-button").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "message"), "Submission failed"))
+    message = browser.find_element(By.ID, "message").text
+    assert "'X' at position 3 is not one of the 20 standard amino acids" in message
+
+    form.find_element(By.ID, "receptor").send_keys(str(COMPLEX))
+    peptide = form.find_element(By.ID, "peptide")
+    peptide.clear()
+    peptide.send_keys("PQQATDD")
+    form.find_element(By.ID, "submit-button").click()
+    row = wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "#tasks-table tbody tr"))
+    )
+    assert row.find_element(By.CSS_SELECTOR, ".status").text == "pending"
+    row.find_element(By.TAG_NAME, "button").click()
+    wait.until(
+        ec.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, "#tasks-table tbody tr .status"), "cancelled"
+        )
+    )
+    browser.save_screenshot(str(_artifact("web_cancelled.png")))
+
+
+@pytest.mark.slow
 def test_page_submits_and_shows_result(browser, api_server, api_users, api_worker):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -69,10 +124,7 @@ def test_page_submits_and_shows_result(browser, api_server, api_users, api_worke
     worker = api_worker()
     wait = WebDriverWait(browser, 30)
 
-    browser.get(api_server.url)
-    browser.find_element(By.ID, "key").send_keys(user.key)
-    browser.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
-    wait.until(ec.visibility_of_element_located((By.ID, "tasks-view")))
+    _sign_in(browser, api_server, user)
     assert browser.find_element(By.ID, "who").text == "browser-user"
 
     form = browser.find_element(By.ID, "submit-form")

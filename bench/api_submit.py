@@ -173,9 +173,9 @@ def multipart_body() -> tuple[bytes, str]:
 class RawHttpClient:
     """A keep-alive HTTP/1.1 connection that sends prepared requests.
 
-    The load generator shares two cores with the server it measures, and httpx spends
-    tens of ms of CPU per 130 kB upload, so requests are written as prepared bytes and
-    only the status line and Content-Length of each response are parsed.
+    The load generator shares two cores with the server it measures, so it should use
+    as little CPU as it can. Requests are written as prepared bytes, and only the
+    status line and Content-Length of each response are parsed.
     """
 
     def __init__(self, host: str, port: int) -> None:

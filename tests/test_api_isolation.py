@@ -111,7 +111,7 @@ def test_bad_keys_are_401(api_server, api_users, database_url, case):
 
 
 def test_other_key_of_same_user(api_server, api_users):
-    """A second key of a platform user (``--user-id``) sees that user's tasks."""
+    """A second key of a platform user (``--user-id``) reads that user's tasks."""
     first = api_users("two-keys")
     second = api_users("", user_id=first.user_id)
     with api_server.client(first) as client:

@@ -110,7 +110,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 async def check_database(url: str) -> None:
-    """Raise a clear error unless the database answers and has the API's tables."""
+    """Raise a clear error unless the database accepts connections and has the API's
+    tables."""
     try:
         connection = await asyncpg.connect(url, timeout=DATABASE_TIMEOUT_S)
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:

@@ -308,3 +308,33 @@ def test_thread_same_in_worker_process(sidechain_engine, crystal_shell, crystal_
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
         there = pool.submit(sidechain_engine.thread, *arguments).result()
     assert there.pdb_text == here.pdb_text
+
+
+def test_thread_next_to_metal_ion(sidechain_engine, crystal_pose):
+    # 5FFG keeps calcium ions near its site. A shell that contains one needs the ion
+    # parameters of amber14/tip3p.xml. The crystal peptide of 1CZY is moved next to
+    # the first calcium only to build such a shell.
+    from peptide_opt.config import build_config
+    from peptide_opt.pipeline.prepare import prepare_receptor
+    from tests.fixtures.rescore import EXAMPLES
+
+    receptor = prepare_receptor(EXAMPLES / "5ffg" / "5ffg.pdb", build_config({}))
+    structure = gemmi.read_pdb_string(receptor.pdb_text)
+    calcium = next(
+        np.array(residue[0].pos.tolist())
+        for chain in structure[0]
+        for residue in chain
+        if residue.name == "CA"
+    )
+    peptide = gemmi.read_pdb_string(crystal_pose.peptide_pdb)
+    xyz = np.array([a.pos.tolist() for r in peptide[0][0] for a in r])
+    shift = calcium + np.array([8.0, 0.0, 0.0]) - xyz.mean(axis=0)
+    for residue in peptide[0][0]:
+        for atom in residue:
+            atom.pos = gemmi.Position(*(np.array(atom.pos.tolist()) + shift))
+    moved = peptide.make_pdb_string(gemmi.PdbWriteOptions(minimal=True))
+
+    shell = sidechain_engine.build_shell(receptor.pdb_text, moved)
+    threaded = sidechain_engine.thread(shell, moved, "PQQATDD")
+    assert _sequence(threaded.pdb_text) == "PQQATDD"
+    assert math.isfinite(threaded.interaction_energy)

@@ -55,7 +55,9 @@ BACKBONE_ATOMS = ("N", "CA", "C", "O")
 #: Vacuum, because OpenMM's OBC2 implicit solvent for amber14 (a CustomGBForce) made
 #: each energy evaluation about 20 times slower on the CPU platform. That was measured
 #: with OpenMM 8.6 on a system of 1,300 atoms, on a shared 2-core machine.
-FORCE_FIELD_FILES = ("amber14-all.xml",)
+#: ``amber14/tip3p.xml`` adds the ion parameters (Na+, Mg2+, Ca2+, Zn2+, ...) that
+#: metal ions of the receptor near the site need. No water is modelled.
+FORCE_FIELD_FILES = ("amber14-all.xml", "amber14/tip3p.xml")
 
 #: Receptor residues with a heavy atom within this distance (Å) of a docked peptide
 #: heavy atom form the shell. Side chains reach about 7 Å from CA (Arg, Lys), so a new

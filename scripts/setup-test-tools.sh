@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install what the test suite needs beyond the Python packages: Debian's Chromium and
-# ChromeDriver (browser tests), and a compose implementation to validate the compose
-# files. Safe to run again.
+# ChromeDriver (browser tests) and kubectl (kustomize renders the Kubernetes manifests).
+# Safe to run again.
 set -euo pipefail
 
-debian_packages=(chromium chromium-driver docker-compose)
+debian_packages=(chromium chromium-driver kubectl)
 missing=()
 for package in "${debian_packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

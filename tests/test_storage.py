@@ -305,3 +305,33 @@ async def test_local_rejects_symlink_out_of_root(tmp_path):
     async with LocalStorage(tmp_path / "root", "astramolecula") as storage:
         with pytest.raises(StorageError, match="resolves outside"):
             await storage.read_text("link/secret.txt")
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("backend", ["filer", "s3"])
+async def test_list_keys_follows_pages(seaweedfs, backend, prefix):
+    # Two entries per request, so every folder level takes several pages.
+    if backend == "filer":
+        storage = FilerStorage(seaweedfs.filer_url, seaweedfs.bucket, list_page_size=2)
+    else:
+        storage = S3Storage(
+            seaweedfs.s3_url,
+            seaweedfs.bucket,
+            seaweedfs.access_key,
+            seaweedfs.secret_key,
+            list_page_size=2,
+        )
+    keys = [f"{prefix}/k{i}" for i in range(5)] + [
+        f"{prefix}/sub/s{i}" for i in range(3)
+    ]
+    async with storage:
+        for key in keys:
+            await storage.write_text(key, key)
+
+        listed = await storage.list_keys(prefix)
+        deleted = await storage.delete_prefix(prefix)
+        remaining = await storage.list_keys(prefix)
+
+    assert listed == sorted(keys)
+    assert deleted == 8
+    assert remaining == []

@@ -6,6 +6,7 @@ memory by more than 50 MB over a 1 MB one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -144,6 +145,34 @@ async def test_server_killed_during_upload(seaweedfs_factory, backend, tmp_path)
         assert await storage.read_text(f"{prefix}/output/complex1.pdb") == (
             "REMARK pose 1\nEND\n"
         )
+
+
+@pytest.mark.parametrize("backend", ["filer", "s3"])
+async def test_upload_recovers_after_restart(
+    seaweedfs_factory, backend, tmp_path, caplog
+):
+    server = seaweedfs_factory()
+    prefix = job_prefix("back-again")
+    output_dir = make_outputs(tmp_path / "output")
+    server.stop()
+    caplog.set_level(logging.WARNING, logger="peptide_opt.storage")
+    # Waits of 0.5, 1 and then 2 s: about 11 s in all, longer than a restart (4 s).
+    patient = RetryPolicy(attempts=8, base_delay_s=0.5, max_delay_s=2.0)
+
+    async with build_storage(server, backend, patient) as storage:
+        upload = asyncio.create_task(upload_outputs(storage, prefix, output_dir))
+        await asyncio.to_thread(server.start)
+        manifest = await upload
+
+        assert await outputs_complete(storage, prefix, check_sizes=True) is True
+        assert await storage.read_text(f"{prefix}/output/result.csv") == (
+            "Index,Original sequence affinity score\n"
+        )
+    assert [entry["name"] for entry in manifest["files"]] == [
+        "complex1.pdb",
+        "result.csv",
+    ]
+    assert len(retry_records(caplog)) >= 1
 
 
 async def test_download_after_s3_delete_names_key(seaweedfs, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from peptide_opt.errors import InputError, StorageError
 from peptide_opt.settings import Settings
 from peptide_opt.storage import (
+    ObjectNotFoundError,
     Storage,
     fetch_job_inputs,
     fetch_job_inputs_sync,
@@ -24,6 +25,7 @@ from peptide_opt.storage import (
     upload_outputs,
     upload_outputs_sync,
 )
+from peptide_opt.storage.jobs import InvalidManifestError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "5ffg"
 
@@ -376,3 +378,25 @@ def test_sync_wrappers_round_trip(request, backend, tmp_path, prefix):
 
     assert (job_dir / "5ffg.pdb").is_file()
     assert len(manifest["files"]) == 3
+
+
+async def test_invalid_manifest_is_incomplete(object_storage, prefix):
+    await object_storage.write_text(f"{prefix}/output/result.csv", "Index\n")
+    await object_storage.write_text(f"{prefix}/output/manifest.json", '{"files": 3}')
+
+    with pytest.raises(InvalidManifestError, match="no 'files' list"):
+        await read_manifest(object_storage, prefix)
+    assert await outputs_complete(object_storage, prefix) is False
+
+
+async def test_manifest_not_json_is_incomplete(object_storage, prefix):
+    await object_storage.write_text(f"{prefix}/output/manifest.json", "{trunc")
+
+    with pytest.raises(InvalidManifestError, match="not valid JSON"):
+        await read_manifest(object_storage, prefix)
+    assert await outputs_complete(object_storage, prefix) is False
+
+
+async def test_read_manifest_missing_names_key(object_storage, prefix):
+    with pytest.raises(ObjectNotFoundError, match=f"{prefix}/output/manifest.json"):
+        await read_manifest(object_storage, prefix)

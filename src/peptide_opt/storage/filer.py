@@ -41,7 +41,8 @@ from peptide_opt.storage.base import (
 )
 
 _FOLDER_MODE_BIT = 1 << 31
-_LIST_PAGE_SIZE = 1000
+#: Entries per listing request (the Filer's own limit is its -dirListLimit, 1000).
+LIST_PAGE_SIZE = 1000
 
 
 class FilerStorage(Storage):
@@ -55,9 +56,11 @@ class FilerStorage(Storage):
         bucket: str,
         retry: RetryPolicy | None = None,
         timeout_s: float = 60.0,
+        list_page_size: int = LIST_PAGE_SIZE,
     ) -> None:
         super().__init__(bucket, retry)
         self.endpoint = endpoint.rstrip("/")
+        self.list_page_size = list_page_size
         self._client = httpx.AsyncClient(
             base_url=self.endpoint,
             timeout=httpx.Timeout(timeout_s, connect=5.0),
@@ -249,7 +252,7 @@ class FilerStorage(Storage):
         entries: list[dict] = []
         last_name = ""
         while True:
-            params = {"limit": str(_LIST_PAGE_SIZE)}
+            params = {"limit": str(self.list_page_size)}
             if last_name:
                 params["lastFileName"] = last_name
             response = await self._send(

@@ -42,6 +42,11 @@ RECEPTOR_SUFFIXES = (".pdb", ".cif")
 #: Output files uploaded at the same time.
 UPLOAD_CONCURRENCY = 4
 
+
+class InvalidManifestError(StorageError):
+    """A manifest.json that is not JSON or does not list files with size and sha256."""
+
+
 #: Called with an output's key and the bytes of it sent so far.
 OutputProgress = Callable[[str, int], None]
 
@@ -295,16 +300,19 @@ def manifest_entries(manifest: Any, source: str) -> dict[str, tuple[int, str]]:
     """
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if isinstance(files, dict):
-        files = [{"name": name, **entry} for name, entry in files.items()]
+        files = [
+            {"name": name, **entry} if isinstance(entry, dict) else entry
+            for name, entry in files.items()
+        ]
     if not isinstance(files, list):
-        raise StorageError(f"{source} has no 'files' list")
+        raise InvalidManifestError(f"{source} has no 'files' list")
     entries = {}
     for entry in files:
         try:
             name = entry.get("name") or entry["path"]
             entries[str(name)] = (int(entry["size"]), str(entry["sha256"]).lower())
         except (AttributeError, KeyError, TypeError, ValueError) as error:
-            raise StorageError(
+            raise InvalidManifestError(
                 f"{source} has an invalid entry {entry!r}: each needs name, size and "
                 "sha256"
             ) from error
@@ -314,8 +322,10 @@ def manifest_entries(manifest: Any, source: str) -> dict[str, tuple[int, str]]:
 def _read_local_manifest(path: Path) -> dict[str, tuple[int, str]]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise StorageError(f"{str(path)!r} is not valid JSON: {error}") from error
+    except ValueError as error:
+        raise InvalidManifestError(
+            f"{str(path)!r} is not valid JSON: {error}"
+        ) from error
     return manifest_entries(manifest, str(path))
 
 
@@ -357,11 +367,11 @@ def _check_against_manifest(
 async def read_manifest(storage: Storage, prefix: str) -> dict[str, Any]:
     """Return a task's uploaded manifest; raises :class:`StorageError` when missing."""
     key = join_key(validate_key(prefix, "job prefix"), "output", MANIFEST_NAME)
-    text = await storage.read_text(key)
+    data = await storage.read_bytes(key)
     try:
-        manifest = json.loads(text)
+        manifest = json.loads(data.decode("utf-8"))
     except ValueError as error:
-        raise StorageError(f"{key!r} is not valid JSON: {error}") from error
+        raise InvalidManifestError(f"{key!r} is not valid JSON: {error}") from error
     manifest_entries(manifest, key)
     return manifest
 
@@ -369,14 +379,23 @@ async def read_manifest(storage: Storage, prefix: str) -> dict[str, Any]:
 async def outputs_complete(
     storage: Storage, prefix: str, check_sizes: bool = False
 ) -> bool:
-    """Tell whether a task's outputs are complete, that is, its manifest exists.
+    """Tell whether a task's outputs are complete, that is, a valid manifest exists.
 
     With ``check_sizes``, every file the manifest lists must also exist in storage
-    with the listed size.
+    with the listed size. A manifest that is not valid JSON, or lists no files, counts
+    as incomplete and is logged.
     """
     try:
         manifest = await read_manifest(storage, prefix)
     except ObjectNotFoundError:
+        return False
+    except InvalidManifestError as error:
+        log_event(
+            logging.WARNING,
+            "storage_manifest_invalid",
+            f"outputs under {prefix} count as incomplete: {error}",
+            prefix=prefix,
+        )
         return False
     if not check_sizes:
         return True

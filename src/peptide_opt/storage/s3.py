@@ -76,6 +76,7 @@ class S3Storage(Storage):
         region: str = "us-east-1",
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_size: int = PART_SIZE,
+        list_page_size: int = 1000,
     ) -> None:
         super().__init__(bucket, retry)
         if part_size < 5 * 1024 * 1024:
@@ -83,6 +84,7 @@ class S3Storage(Storage):
         self.endpoint = endpoint.rstrip("/")
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
+        self.list_page_size = list_page_size
         self._access_key = access_key
         self._secret_key = secret_key
         self._region = region
@@ -361,7 +363,11 @@ class S3Storage(Storage):
         keys: list[str] = []
         token: str | None = None
         while True:
-            request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix + "/"}
+            request: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Prefix": prefix + "/",
+                "MaxKeys": self.list_page_size,
+            }
             if token:
                 request["ContinuationToken"] = token
             page = await self._call("list_objects_v2", prefix, **request)

@@ -440,7 +440,8 @@ async function downloadFile(taskId, name) {
 }
 
 async function renderComplexes(task) {
-  const names = (task.files || []).filter((name) => /^complex\d+\.pdb$/.test(name))
+  // A pose whose chain IDs or atom numbers do not fit PDB has complex<i>.cif instead.
+  const names = (task.files || []).filter((name) => /^complex\d+\.(pdb|cif)$/.test(name))
     .sort((a, b) => parseInt(a.slice(7)) - parseInt(b.slice(7)));
   const select = $("#complex-select");
   select.replaceChildren(...names.map((name) => element("option", name, { value: name })));
@@ -466,7 +467,7 @@ async function showComplex(taskId, name) {
   }
   const viewer = state.viewer;
   viewer.clear();
-  viewer.addModel(text, "pdb");
+  viewer.addModel(text, name.endsWith(".cif") ? "cif" : "pdb");
   // In the complexes the docked peptide is chain A and the receptor chains follow.
   viewer.setStyle({}, { cartoon: { color: "lightgray" } });
   viewer.setStyle({ chain: "A" }, { stick: { colorscheme: "greenCarbon" } });

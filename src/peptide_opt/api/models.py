@@ -33,6 +33,9 @@ class Task(BaseModel):
     step_timings: dict[str, float] = Field(
         description="wall-clock seconds of each finished step"
     )
+    result_summary: dict[str, Any] | None = Field(
+        default=None, description="short result figures the worker stored on the row"
+    )
     created_at: dt.datetime | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None

@@ -102,14 +102,15 @@ INSERT INTO tasks (id, user_id, task_type, job_dir, status, created_at, updated_
                    priority)
 VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6)
 RETURNING id, user_id, task_type, job_dir, status, priority, progress, current_step,
-          attempts, error, cancel_requested_at, step_timings, created_at, started_at,
+          attempts, error, cancel_requested_at, step_timings, result_summary,
+          created_at, started_at,
           finished_at, updated_at, NULL::timestamp AS files_deleted_at
 """
 
 _TASK_COLUMNS = """
 t.id, t.user_id, t.task_type, t.job_dir, t.status, t.priority, t.progress,
 t.current_step, t.attempts, t.error, t.cancel_requested_at, t.step_timings,
-t.created_at, t.started_at, t.finished_at, t.updated_at, e.files_deleted_at
+t.result_summary, t.created_at, t.started_at, t.finished_at, t.updated_at, e.files_deleted_at
 """
 
 # $3 is the caller's admin flag: an admin reads every user's tasks.

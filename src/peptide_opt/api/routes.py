@@ -512,9 +512,8 @@ def _storage(request: Request) -> Storage:
 
 def task_from_row(row: asyncpg.Record) -> Task:
     """Build the API's view of a ``tasks`` row."""
-    timings = row["step_timings"]
-    if isinstance(timings, str):
-        timings = json.loads(timings)
+    timings = _json_column(row["step_timings"])
+    summary = _json_column(row["result_summary"])
     return Task(
         id=row["id"].strip(),
         user_id=row["user_id"].strip(),
@@ -527,13 +526,23 @@ def task_from_row(row: asyncpg.Record) -> Task:
         attempts=row["attempts"],
         error=row["error"],
         cancel_requested=row["cancel_requested_at"] is not None,
-        step_timings={str(k): float(v) for k, v in (timings or {}).items()},
+        step_timings={
+            str(step): float(seconds)
+            for step, seconds in (timings if isinstance(timings, dict) else {}).items()
+            if isinstance(seconds, (int, float))
+        },
+        result_summary=summary if isinstance(summary, dict) else None,
         created_at=as_utc(row["created_at"]),
         started_at=as_utc(row["started_at"]),
         finished_at=as_utc(row["finished_at"]),
         updated_at=as_utc(row["updated_at"]),
         files_deleted_at=as_utc(row["files_deleted_at"]),
     )
+
+
+def _json_column(value: Any) -> Any:
+    # asyncpg returns JSONB as text unless a codec is set on the connection.
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def as_utc(moment: dt.datetime | None) -> dt.datetime | None:

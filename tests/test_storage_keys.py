@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from peptide_opt.errors import InputError, StorageError
@@ -214,3 +216,22 @@ async def test_unreachable_server_error_names_key(tmp_path):
     assert "jobs/peptide_optimization/j1/input/peptide.fasta" in message
     assert "after 2 attempts" in message
     assert "ConnectError" in message
+
+
+async def test_listing_skips_unsafe_names(tmp_path, caplog):
+    # SeaweedFS 4.48 turns '\' into '/' and rejects '..' in S3 keys, but other stores
+    # and a local folder keep such names, which must not become local paths.
+    folder = tmp_path / "astramolecula" / "jobs" / "j1"
+    folder.mkdir(parents=True)
+    for name in ("safe.txt", "back\\slash.txt", "new\nline.txt"):
+        (folder / name).write_text("x")
+    caplog.set_level(logging.WARNING, logger="peptide_opt.storage")
+
+    async with LocalStorage(tmp_path, "astramolecula") as storage:
+        listed = await storage.list_keys("jobs/j1")
+
+    assert listed == ["jobs/j1/safe.txt"]
+    skipped = [
+        r for r in caplog.records if getattr(r, "event", "") == "storage_key_skipped"
+    ]
+    assert len(skipped) == 2

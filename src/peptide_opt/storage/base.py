@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Self, TypeVar
 
 from peptide_opt.errors import StorageError
-from peptide_opt.storage.keys import validate_bucket, validate_key
+from peptide_opt.storage.keys import InvalidKeyError, validate_bucket, validate_key
 
 logger = logging.getLogger(__name__)
 
@@ -348,10 +348,26 @@ class Storage(abc.ABC):
         return await self._retrying("stat", key, lambda: self._size(key))
 
     async def list_keys(self, prefix: str) -> list[str]:
-        """Return every key under the folder ``prefix``, sorted."""
+        """Return every key under the folder ``prefix``, sorted.
+
+        Keys that :func:`validate_key` rejects (an S3 client may store ``a/../b``) are
+        left out and logged, so callers can map listed keys to local paths.
+        """
         prefix = validate_key(prefix, "storage prefix")
         keys = await self._retrying("list", prefix, lambda: self._list_keys(prefix))
-        return sorted(keys)
+        safe_keys = []
+        for key in keys:
+            try:
+                safe_keys.append(validate_key(key))
+            except InvalidKeyError as error:
+                log_event(
+                    logging.WARNING,
+                    "storage_key_skipped",
+                    f"listing of {prefix!r} skips an unsafe key: {error}",
+                    prefix=prefix,
+                    backend=self.backend,
+                )
+        return sorted(safe_keys)
 
     async def delete(self, key: str) -> None:
         """Delete the object at ``key``; a missing key is not an error."""

@@ -337,6 +337,12 @@ def test_upload_then_submit_json(api_server, api_users, database_url):
         # Percent-encoded, so that the client does not resolve the dots itself.
         traversal = client.put("/v1/uploads/a/%2E%2E/%2E%2E/b.pdb", content=b"x")
         empty_segment = client.put("/v1/uploads/a//b.pdb", content=b"x")
+        # A peptide file over the 10000-character limit of peptide text.
+        big_fasta = client.put("/v1/uploads/big.fasta", content=b">p\n" + b"A" * 20000)
+        too_big = client.post(
+            "/v1/tasks",
+            json={"receptor_key": body["key"], "peptide_key": big_fasta.json()["key"]},
+        )
     assert stored.status_code == 201, stored.text
     assert body["key"] == f"uploads/{kim.user_id}/structures/1czy.pdb"
     assert body["size"] == COMPLEX.stat().st_size
@@ -347,6 +353,8 @@ def test_upload_then_submit_json(api_server, api_users, database_url):
     assert traversal.status_code == 422
     assert "'.' or '..' segments" in traversal.json()["detail"]
     assert empty_segment.status_code == 422
+    assert too_big.status_code == 422
+    assert "over the limit of 10000 bytes" in too_big.json()["detail"]
 
 
 @pytest.mark.parametrize(

@@ -259,7 +259,11 @@ async def _read_json(request: Request, caller: Caller, folder: Path) -> submit.S
     if stored.peptide_key is not None:
         peptide_key = submit.check_upload_key(caller, stored.peptide_key, "peptide_key")
         fasta = await submit.fetch_upload(
-            storage, peptide_key, folder / "peptide.fasta", "peptide_key"
+            storage,
+            peptide_key,
+            folder / "peptide-upload.fasta",
+            "peptide_key",
+            submit.MAX_PEPTIDE_TEXT,
         )
         peptide_text = fasta.read_text(encoding="utf-8", errors="replace")
     else:
@@ -267,7 +271,10 @@ async def _read_json(request: Request, caller: Caller, folder: Path) -> submit.S
     peptide = submit.normalize_peptide_text(peptide_text)
     config, warnings = submit.validate_config_fields(stored.config)
     name = submit.receptor_file_name(receptor_key.rsplit("/", 1)[-1])
-    path = await submit.fetch_upload(storage, receptor_key, folder / name, "receptor_key")
+    max_bytes = request.app.state.settings.max_upload_mb * 1024 * 1024
+    path = await submit.fetch_upload(
+        storage, receptor_key, folder / name, "receptor_key", max_bytes
+    )
     return submit.Submission(
         peptide=peptide,
         receptor_name=name,

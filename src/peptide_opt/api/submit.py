@@ -301,9 +301,19 @@ async def _discard_inputs(storage: Storage, prefix: str) -> None:
         )
 
 
-async def fetch_upload(storage: Storage, key: str, destination: Path, field: str) -> Path:
-    """Download an uploaded file for validation; a missing key is an InputError."""
+async def fetch_upload(
+    storage: Storage, key: str, destination: Path, field: str, max_bytes: int
+) -> Path:
+    """Download an uploaded file for validation.
+
+    A missing key, or an object over ``max_bytes``, is an :class:`InputError`.
+    """
     try:
+        size = await storage.size(key)
+        if size > max_bytes:
+            raise InputError(
+                f"{field} {key!r} is {size} bytes, over the limit of {max_bytes} bytes"
+            )
         return await storage.download_file(key, destination)
     except ObjectNotFoundError:
         raise InputError(f"{field} {key!r} not found in storage") from None

@@ -1,4 +1,4 @@
-"""The named SQL blocks of ``sql/queries.sql``."""
+"""The named SQL blocks of the ``sql/*.sql`` files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ _NAME_LINE = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 def load_queries() -> dict[str, str]:
     """Return every block of the ``sql/*.sql`` files by its name.
 
-    ``queries.sql`` holds the worker's and the operator commands' statements,
+    ``queries.sql`` contains the worker's and the operator commands' statements,
     ``celery.sql`` those of the Celery executor.
     """
     folder = resources.files("peptide_opt.queue") / "sql"

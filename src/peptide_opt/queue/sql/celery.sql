@@ -1,6 +1,6 @@
 -- The statements of the Celery executor (EXECUTOR=celery): the claim of one named
--- task and the dispatcher's sweep. Blocks as in queries.sql; the functions and the
--- send marker table come from migration 0200.
+-- task and the dispatcher's sweep, in blocks like those of queries.sql. The functions
+-- and the send marker table come from migration 0200.
 
 -- name: claim_task
 SELECT task_id, user_id, task_type, job_dir, attempt, max_attempts, skipped

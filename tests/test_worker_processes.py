@@ -170,7 +170,7 @@ def test_paused_worker_past_lease_no_double_finish(queue_db, start_worker, tmp_p
     # The stopped worker's task process runs on and ends its sleep; the second
     # worker recovers the task once the lease expires and runs it again.
     queue_db.wait_for(
-        lambda: len(queue_db.attempts(task_id)) == 2,
+        lambda: queue_db.task(task_id)["attempts"] == 2,
         timeout=lease_s + 10,
         message="the second worker to claim the task",
     )

@@ -87,20 +87,26 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def _connect(database_url: str) -> psycopg.Connection:
+def _connect(database_url: str, fast_commits: bool) -> psycopg.Connection:
     # prepare_threshold=0 prepares every statement on its first use: the worker runs
     # the same few statements thousands of times.
-    return psycopg.connect(
+    connection = psycopg.connect(
         database_url,
         autocommit=True,
         prepare_threshold=0,
         row_factory=dict_row,
         connect_timeout=5,
     )
+    if fast_commits:
+        connection.execute(query("session_setup"), prepare=False)
+    return connection
 
 
 class QueueStore:
     """The queue's statements on one connection that reconnects when it breaks.
+
+    With ``fast_commits``, every statement but the finishes commits without waiting
+    for the WAL flush (see ``session_setup`` in queries.sql); the worker uses that.
 
     A statement interrupted by a lost connection is sent again after reconnecting.
     That is safe for every statement here: finishes and progress updates are fenced
@@ -109,9 +115,13 @@ class QueueStore:
     """
 
     def __init__(
-        self, database_url: str, should_give_up: Callable[[], bool] | None = None
+        self,
+        database_url: str,
+        should_give_up: Callable[[], bool] | None = None,
+        fast_commits: bool = False,
     ) -> None:
         self._database_url = database_url
+        self._fast_commits = fast_commits
         self._should_give_up = should_give_up or (lambda: False)
         self._lock = threading.Lock()
         self._connection: psycopg.Connection | None = None
@@ -147,7 +157,7 @@ class QueueStore:
 
     def _ensure_connection(self) -> psycopg.Connection:
         if self._connection is None or self._connection.closed:
-            self._connection = _connect(self._database_url)
+            self._connection = _connect(self._database_url, self._fast_commits)
         return self._connection
 
     def _drop_connection(self) -> None:

@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import queue
 import secrets
 import shutil
 import signal
@@ -95,7 +96,9 @@ class Worker:
             "started_at": utc_now(),
         }
         self.cores_per_task = max(1, settings.worker_cores // settings.max_workers)
-        self.store = QueueStore(settings.database_url, self._database_give_up)
+        self.store = QueueStore(
+            settings.database_url, self._database_give_up, fast_commits=True
+        )
         self.listener = Listener(
             settings.database_url, self._on_notify, self.wake_idle_slots
         )
@@ -104,6 +107,7 @@ class Worker:
         self.finished = threading.Event()
         self.paused = False
         self._heartbeat_due = threading.Event()
+        self._reported_busy = False
         self._workdir_root = Path(
             tempfile.mkdtemp(
                 prefix=f"peptide-opt-{self.worker_id}-",
@@ -111,6 +115,10 @@ class Worker:
             )
         )
         self.slots = [Slot(self, index) for index in range(settings.max_workers)]
+        self._cleanup_queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._cleanup = threading.Thread(
+            target=self._cleanup_loop, name="peptide-opt-cleanup", daemon=True
+        )
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -128,6 +136,8 @@ class Worker:
         )
         for slot in self.slots:
             slot.start_process()
+        for slot in self.slots:
+            slot.process.wait_ready(timeout=60)
         # Listen before the first heartbeat and the first claims: a task inserted
         # after a claim found nothing then always wakes a slot.
         self.listener.start()
@@ -137,6 +147,7 @@ class Worker:
             target=self._heartbeat_loop, name="peptide-opt-heartbeat", daemon=True
         )
         heartbeat.start()
+        self._cleanup.start()
         for slot in self.slots:
             slot.thread.start()
 
@@ -176,6 +187,8 @@ class Worker:
     def _shut_down(self) -> None:
         for slot in self.slots:
             slot.stop_process()
+        self._cleanup_queue.put(None)
+        self._cleanup.join(timeout=30)
         self.listener.stop()
         try:
             self.store.remove_worker(self.worker_id)
@@ -204,8 +217,12 @@ class Worker:
             slot.wake.set()
 
     def note_state_change(self) -> None:
-        """Ask for an early heartbeat, so the workers table shows idle or busy."""
-        self._heartbeat_due.set()
+        """Ask for an early heartbeat when the worker turned idle or busy, so that
+        the workers table shows it."""
+        busy = any(slot.current is not None for slot in self.slots)
+        if busy != self._reported_busy:
+            self._reported_busy = busy
+            self._heartbeat_due.set()
 
     # -- heartbeat ------------------------------------------------------------------
 
@@ -259,6 +276,15 @@ class Worker:
     def workdir_for(self, task: ClaimedTask) -> Path:
         return self._workdir_root / f"{task.task_id}-{task.attempt}"
 
+    def remove_later(self, workdir: Path) -> None:
+        """Delete a finished task's working directory in the cleanup thread, so that
+        the slot finishes the task and claims the next one without waiting."""
+        self._cleanup_queue.put(workdir)
+
+    def _cleanup_loop(self) -> None:
+        while (workdir := self._cleanup_queue.get()) is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
 
 class Slot:
     """One task at a time: a thread and the task process it owns."""
@@ -269,6 +295,9 @@ class Slot:
         self.wake = threading.Event()
         self.current: ClaimedTask | None = None
         self.process: TaskProcess | None = None
+        # A process started ahead to replace one due for recycling; it takes over
+        # once its imports are done, so no task waits for a process to start.
+        self.spare: TaskProcess | None = None
         self.thread = threading.Thread(
             target=self._run, name=f"peptide-opt-slot-{index}", daemon=True
         )
@@ -297,14 +326,28 @@ class Slot:
         )
 
     def stop_process(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-            self.process = None
+        for process in (self.process, self.spare):
+            if process is not None:
+                process.stop()
+        self.process = self.spare = None
+
+    def _prepare_process(self) -> None:
+        """Make sure a live task process is there; swap in a ready spare."""
+        if self.process is None or not self.process.is_alive():
+            self._replace_process()
+            return
+        if self.spare is not None and self.spare.poll_ready():
+            retired, self.process, self.spare = self.process, self.spare, None
+            # The idle process exits on its own; waiting for it would delay the task.
+            threading.Thread(target=retired.stop, daemon=True).start()
 
     def _replace_process(self) -> None:
         if self.process is not None:
             self.process.kill()
-        self.start_process()
+        if self.spare is not None:
+            self.process, self.spare = self.spare, None
+        else:
+            self.start_process()
 
     # -- the loop -------------------------------------------------------------------
 
@@ -400,11 +443,13 @@ class Slot:
             self.current = task
             self._cancel_requested = False
             self._lease_lost = False
-        self.worker.note_state_change()
+        # The task process creates the working directory; everything that can wait
+        # comes after the task is sent, because it adds to the pickup latency.
         workdir = self.worker.workdir_for(task)
-        workdir.mkdir(parents=True, exist_ok=True)
-        if self.process is None or not self.process.is_alive():
-            self._replace_process()
+        self._prepare_process()
+        started = time.monotonic()
+        self.process.send_task(self._payload(task, workdir))
+        self.worker.note_state_change()
         logger.info(
             "task_started",
             extra={
@@ -413,39 +458,38 @@ class Slot:
                 "attempt": task.attempt,
             },
         )
-        started = time.monotonic()
         try:
-            outcome = self._watch(task, workdir, started)
+            outcome = self._watch(task, started)
         finally:
             with self._lock:
                 self.current = None
-            shutil.rmtree(workdir, ignore_errors=True)
+            self.worker.remove_later(workdir)
         self._last_duration_s = time.monotonic() - started
-        if self.process is not None and (
-            self.process.n_tasks >= self.worker.options.recycle_after_tasks
+        if (
+            self.spare is None
+            and self.process is not None
+            and self.process.n_tasks >= self.worker.options.recycle_after_tasks
         ):
-            self.process.stop()
-            self.start_process()
+            self.spare = TaskProcess(
+                self.worker.handler_specs, self.worker.cores_per_task
+            )
         return outcome
 
-    def _watch(
-        self, task: ClaimedTask, workdir: Path, started: float
-    ) -> Outcome | None:
-        worker = self.worker
-        settings = worker.settings
+    def _payload(self, task: ClaimedTask, workdir: Path) -> dict:
+        return {
+            "task_id": task.task_id,
+            "task_type": task.task_type,
+            "user_id": task.user_id,
+            "job_dir": task.job_dir,
+            "attempt": task.attempt,
+            "max_attempts": task.max_attempts,
+            "worker_id": self.worker.worker_id,
+            "workdir": str(workdir),
+        }
+
+    def _watch(self, task: ClaimedTask, started: float) -> Outcome | None:
+        settings = self.worker.settings
         process = self.process
-        process.send_task(
-            {
-                "task_id": task.task_id,
-                "task_type": task.task_type,
-                "user_id": task.user_id,
-                "job_dir": task.job_dir,
-                "attempt": task.attempt,
-                "max_attempts": task.max_attempts,
-                "worker_id": worker.worker_id,
-                "workdir": str(workdir),
-            }
-        )
         timings: dict[str, float] = {}
         deadline = started + settings.task_timeout_s
         next_memory_check = started + _MEMORY_CHECK_INTERVAL_S

@@ -43,6 +43,10 @@ _THREAD_VARIABLES = (
 _CONTEXT = multiprocessing.get_context("spawn")
 
 
+# The first message of every task process: its imports are done and it waits for tasks.
+_READY = "ready"
+
+
 class TaskProcessDied(Exception):
     """The task process exited while it ran a task."""
 
@@ -80,6 +84,7 @@ class TaskProcess:
         )
         self._process.start()
         child_end.close()
+        self.ready = False
 
     @property
     def pid(self) -> int:
@@ -96,6 +101,27 @@ class TaskProcess:
             return f"killed by {signal.Signals(-code).name}"
         return f"exit code {code}"
 
+    def poll_ready(self) -> bool:
+        """Return whether the process has started up, without waiting."""
+        if not self.ready and self._process.is_alive() and self._pipe.poll(0):
+            self._take_ready()
+        return self.ready
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the process to start up."""
+        if not self.ready and self._pipe.poll(timeout):
+            self._take_ready()
+        return self.ready
+
+    def _take_ready(self) -> None:
+        try:
+            message = self._pipe.recv()
+        except (EOFError, OSError):
+            return
+        if message != _READY:
+            raise RuntimeError(f"task process sent {message!r} before it was ready")
+        self.ready = True
+
     def send_task(self, payload: dict[str, Any]) -> None:
         self.n_tasks += 1
         self._pipe.send(("run", payload))
@@ -105,18 +131,23 @@ class TaskProcess:
 
         Raises :class:`TaskProcessDied` when the process exits first.
         """
-        ready = multiprocessing.connection.wait(
-            [self._pipe, self._process.sentinel], timeout
-        )
-        if not ready:
+        # The task process's exit makes the pipe readable (end of file) at once,
+        # unless a program it forked still holds the pipe: the liveness check after
+        # each timeout covers that case.
+        if not self._pipe.poll(timeout):
+            if self._process.is_alive():
+                return None
+            self._process.join(timeout=5)
+            raise TaskProcessDied(self.exit_description())
+        try:
+            message = self._pipe.recv()
+        except (EOFError, OSError):
+            self._process.join(timeout=5)
+            raise TaskProcessDied(self.exit_description()) from None
+        if message == _READY:
+            self.ready = True
             return None
-        if self._pipe in ready:
-            try:
-                return self._pipe.recv()
-            except (EOFError, OSError):
-                pass
-        self._process.join(timeout=5)
-        raise TaskProcessDied(self.exit_description())
+        return message
 
     def rss_bytes(self) -> int:
         """Resident memory of the process and all its children, in bytes."""
@@ -172,6 +203,7 @@ def _child_main(
         os.environ[name] = str(cores)
 
     handlers: dict[str, Any] = {}
+    pipe.send(_READY)
     while True:
         try:
             kind, payload = pipe.recv()
@@ -210,6 +242,8 @@ def _run_task(
         last_step_at = now
 
     try:
+        workdir = Path(payload["workdir"])
+        workdir.mkdir(parents=True, exist_ok=True)
         handler = handlers.get(task_type)
         if handler is None:
             handler = handlers[task_type] = load_handler(handler_specs[task_type])
@@ -222,7 +256,7 @@ def _run_task(
             attempt=payload["attempt"],
             max_attempts=payload["max_attempts"],
             worker_id=payload["worker_id"],
-            workdir=Path(payload["workdir"]),
+            workdir=workdir,
             cores=cores,
             report_step=report_step,
         )

@@ -21,7 +21,7 @@ from typing import Any
 from peptide_opt import __version__
 from peptide_opt.errors import InputError
 from peptide_opt.pipeline import analyze, assemble, checkpoints, outputs
-from peptide_opt.pipeline.inputs import JobInputs, load_job_folder
+from peptide_opt.pipeline.inputs import JobInputs, check_stated_prefix, load_job_folder
 from peptide_opt.pipeline.prepare import prepare_receptor
 from peptide_opt.pipeline.types import PeptideModel
 
@@ -65,9 +65,16 @@ def run_job(
     on_step: StepCallback | None = None,
     on_checkpoint: CheckpointCallback | None = None,
     resume: bool = True,
+    storage_prefix: str | None = None,
 ) -> dict[str, Any]:
-    """Run the job of a job folder; resume after the last step in ``output_dir/.work``."""
+    """Run the job of a job folder; resume after the last step in ``output_dir/.work``.
+
+    ``storage_prefix`` is the task's prefix; a config that names another one gets a
+    warning.
+    """
     inputs = load_job_folder(job_dir, overrides)
+    if storage_prefix is not None:
+        check_stated_prefix(inputs, storage_prefix)
     return run_pipeline(
         inputs,
         output_dir,

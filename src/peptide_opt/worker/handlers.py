@@ -26,10 +26,17 @@ _MAX_SUMMARY_ENTRY_CHARS = 2000
 
 
 def run_peptide_optimization(context: TaskContext) -> dict[str, Any]:
-    """Fetch the task's inputs, run the pipeline, upload the outputs (manifest last)."""
+    """Fetch the task's inputs, run the pipeline, upload the outputs (manifest last).
+
+    Each finished step's checkpoint is copied to ``PREFIX/work/<step>/``; a retried
+    attempt restores them first and resumes after the last finished step. The
+    checkpoints are removed once the task finishes when the job's ``cleanup`` is true,
+    and after a failure of the last attempt.
+    """
     # The pipeline's import pulls in torch, RDKit and OpenMM: keep it out of the
     # worker's main process, which only needs this module's name.
     from peptide_opt.pipeline.runner import run_job
+    from peptide_opt.storage.checkpoints import CheckpointMirror
 
     settings = Settings.from_env()
     prefix = resolve_job_prefix(context.job_dir)
@@ -40,13 +47,32 @@ def run_peptide_optimization(context: TaskContext) -> dict[str, Any]:
     logger.info(
         "task_inputs_fetched", extra={"task_id": context.task_id, "prefix": prefix}
     )
+    mirror = CheckpointMirror(settings, prefix, output_dir)
+    restored = mirror.restore()
+    if restored:
+        logger.info(
+            "task_resumed",
+            extra={"task_id": context.task_id, "steps": ",".join(restored)},
+        )
 
-    result = run_job(
-        job_dir, output_dir, cores=context.cores, on_step=context.report_step
-    )
+    try:
+        result = run_job(
+            job_dir,
+            output_dir,
+            cores=context.cores,
+            on_step=context.report_step,
+            on_checkpoint=mirror.upload,
+            storage_prefix=prefix,
+        )
+    except Exception:
+        if context.attempt >= context.max_attempts:
+            mirror.delete()
+        raise
 
     manifest = upload_outputs_sync(settings, prefix, output_dir)
     context.report_step("upload", 100.0)
+    if result["parameters"].get("cleanup", True):
+        mirror.delete()
     return _summary(result, prefix, manifest)
 
 

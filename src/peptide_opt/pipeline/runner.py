@@ -130,6 +130,7 @@ class _PipelineRun:
         self.on_step = on_step
         self.on_checkpoint = on_checkpoint
         self.timings: dict[str, float] = {}
+        self.resumed: list[str] = []
         self.warnings: list[str] = list(inputs.warnings)
         fingerprint = checkpoints.input_fingerprint(
             inputs.receptor_path, inputs.peptide, self.config.to_dict()
@@ -169,6 +170,7 @@ class _PipelineRun:
                 continue
             if self.checkpoints.is_done(name):
                 self._load(name)
+                self.resumed.append(name)
                 logger.info("step_resumed step=%s", name)
             else:
                 result = self._run_step(name)
@@ -179,7 +181,9 @@ class _PipelineRun:
             return None
         if result is None:
             result = self.checkpoints.load("analyze")["result"]
-        result["timings"] = {**result.get("timings", {}), **self.timings}
+        # Timings cover the steps this run executed; resumed ones are listed apart.
+        result["timings"] = dict(self.timings)
+        result["resumed_steps"] = list(self.resumed)
         result["timings"]["total"] = round(time.perf_counter() - total_start, 3)
         self._write_outputs(result)
         if self.config.cleanup:

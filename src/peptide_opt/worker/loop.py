@@ -119,6 +119,9 @@ class Worker:
         self._cleanup = threading.Thread(
             target=self._cleanup_loop, name="peptide-opt-cleanup", daemon=True
         )
+        self._heartbeat = threading.Thread(
+            target=self._heartbeat_loop, name="peptide-opt-heartbeat", daemon=True
+        )
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -134,6 +137,22 @@ class Worker:
                 "lease_s": self.settings.lease_seconds,
             },
         )
+        self.start_services()
+        for slot in self.slots:
+            slot.thread.start()
+
+        for slot in self.slots:
+            while slot.thread.is_alive():
+                slot.thread.join(timeout=0.5)
+        self.stop_services()
+        return 0
+
+    def start_services(self) -> None:
+        """Start the task processes, the listener and the heartbeat, but no claims.
+
+        :meth:`run` starts the slots' claim loops after this; the Celery executor
+        claims each task by id and runs it with :meth:`Slot.run_claimed` instead.
+        """
         for slot in self.slots:
             slot.start_process()
         for slot in self.slots:
@@ -143,22 +162,15 @@ class Worker:
         self.listener.start()
         self.listener.ready.wait(timeout=30)
         self._send_heartbeat()
-        heartbeat = threading.Thread(
-            target=self._heartbeat_loop, name="peptide-opt-heartbeat", daemon=True
-        )
-        heartbeat.start()
+        self._heartbeat.start()
         self._cleanup.start()
-        for slot in self.slots:
-            slot.thread.start()
 
-        for slot in self.slots:
-            while slot.thread.is_alive():
-                slot.thread.join(timeout=0.5)
+    def stop_services(self) -> None:
+        """Stop what :meth:`start_services` started, once no task runs any more."""
         self.finished.set()
         self._heartbeat_due.set()
-        heartbeat.join(timeout=10)
+        self._heartbeat.join(timeout=10)
         self._shut_down()
-        return 0
 
     def request_stop(self, reason: str) -> None:
         """Stop claiming; running tasks get SHUTDOWN_GRACE seconds to finish."""
@@ -405,6 +417,20 @@ class Slot:
         if next_task is None:
             worker.note_state_change()
         return next_task
+
+    def run_claimed(self, task: ClaimedTask) -> str | None:
+        """Run a task that the caller claimed and store its outcome.
+
+        Returns the task's new status, or None when the attempt is no longer this
+        worker's (its lease was lost).
+        """
+        outcome = self._execute(task)
+        if outcome is None:
+            return None
+        status = self.worker.store.finish(self.worker.policy, task, outcome)
+        self._log_finish(task, outcome, status)
+        self.worker.note_state_change()
+        return status
 
     def _wake_after_retry_delay(self, task: ClaimedTask) -> None:
         # The retry is not claimable before its delay (see peptide_opt_finish_v1);

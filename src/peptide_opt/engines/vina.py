@@ -1,0 +1,476 @@
+"""Peptide docking and pose scoring with AutoDock Vina (Python bindings) and Meeko.
+
+A naive flexible dock of a peptide (every torsion free) is slow and inaccurate: the
+search space of 30 or more torsions plus six rigid-body degrees of freedom is too large
+for Vina's Monte Carlo. The search here is split into stages instead:
+
+1. **Backbone ensemble.** The peptide is built in fixed backbone states (beta strand,
+   polyproline II, alpha helix) and in random mixtures of Ramachandran basins
+   (:func:`peptide_opt.engines.peptide_builder.backbone_ensemble`).
+2. **Rigid backbone docking.** Each backbone, with side chains cut back to CB, is docked
+   as a rigid body (no torsions) on Vina grid maps computed once per receptor and box.
+   Rigid-body docking of about 40 atoms converges in tens of thousands of evaluations.
+3. **Side chains and refinement.** The best distinct placements get their side chains
+   back, set to the staggered rotamers that fit the receptor best
+   (:mod:`peptide_opt.engines.side_chains`), and are optimized locally by Vina with
+   every torsion free (backbone and side chains).
+4. **Clustering.** Poses are ranked by Vina energy and kept only when their backbone
+   lies at least 2 Å RMSD from every better pose.
+
+Every Vina call goes through grid maps (``no_refine=True``), so docking, local
+optimization and scoring use the same energy surface. The affinity reported is Vina's
+total energy (kcal/mol): intermolecular energy divided by the torsional entropy factor
+``1 + 0.0585 * N_rot``, where ``N_rot`` counts the active torsions of the fully flexible
+peptide, so affinities of poses of the same peptide are comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections import OrderedDict
+
+import numpy as np
+import vina as vina_package
+from meeko import (
+    MoleculePreparation,
+    PDBQTWriterLegacy,
+    Polymer,
+    PolymerCreationError,
+    ResidueChemTemplates,
+)
+from rdkit import Chem
+from rdkit.Geometry import Point3D
+from scipy.spatial import cKDTree
+from vina import Vina
+
+from peptide_opt.engines import peptide_builder, side_chains
+from peptide_opt.errors import EngineError
+from peptide_opt.pipeline.types import PeptideModel, Pose, Receptor, Site
+
+logger = logging.getLogger(__name__)
+
+#: Bonds a peptide backbone can rotate about: N-CA (phi) and CA-C (psi).
+BACKBONE_SMARTS = "[#7]-[#6X4]-[#6X3]=[#8]"
+#: Every single bond between heavy atoms.
+ANY_BOND_SMARTS = "[!#1]-[!#1]"
+
+#: Vina grid spacing (Å), Vina's default.
+GRID_SPACING = 0.375
+
+#: Residue pairs closer than this (Å) that are not peptide- or disulfide-bonded are
+#: clashes of rebuilt atoms; Meeko would read them as bonds.
+CLASH_BOND_DISTANCE = 1.7
+
+#: Poses closer than this backbone RMSD (Å, no superposition) are one cluster.
+CLUSTER_RMSD = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """Effort of the docking search; the defaults suit peptides of 5-25 residues.
+
+    ``n_random_backbones`` random backbones join the three named states;
+    ``exhaustiveness`` Monte Carlo runs of at most ``max_evals`` energy evaluations
+    each dock one backbone; ``poses_per_backbone`` placements of each backbone go on to
+    refinement selection, and ``refine_factor`` times ``n_poses`` distinct placements
+    are refined with all torsions free.
+    """
+
+    n_random_backbones: int = 9
+    exhaustiveness: int = 8
+    max_evals: int = 30000
+    poses_per_backbone: int = 9
+    refine_factor: float = 1.5
+
+
+@dataclasses.dataclass
+class LigandPDBQT:
+    """A ligand's PDBQT text and the map from molecule atom index to PDBQT atom index."""
+
+    text: str
+    atom_to_pdbqt: dict[int, int]
+    n_torsions: int
+
+
+@dataclasses.dataclass
+class Candidate:
+    """A docked placement of one backbone conformer (stage 2)."""
+
+    energy: float
+    label: str
+    mol: Chem.Mol
+    backbone_xyz: np.ndarray
+
+
+class VinaDockingEngine:
+    """Docking engine on AutoDock Vina grid maps; see the module docstring."""
+
+    name = "vina"
+    version = vina_package.__version__
+
+    def __init__(self, settings: SearchSettings | None = None, cache_size: int = 2):
+        self.settings = settings or SearchSettings()
+        self._grids: OrderedDict[tuple, Vina] = OrderedDict()
+        self._cache_size = cache_size
+
+    # ------------------------------------------------------------------ public API
+
+    def dock(
+        self,
+        receptor: Receptor,
+        peptide: PeptideModel,
+        site: Site,
+        n_poses: int,
+        seed: int,
+        cores: int,
+    ) -> list[Pose]:
+        """Dock ``peptide`` into ``site``; return up to ``n_poses`` poses, best first."""
+        started = time.perf_counter()
+        grid = self.grid(receptor, site, cores, seed)
+        receptor_xyz = _receptor_heavy_xyz(receptor.pdb_text)
+
+        rng = np.random.default_rng(seed)
+        ensemble = peptide_builder.backbone_ensemble(
+            peptide.mol, self.settings.n_random_backbones, rng
+        )
+        ensemble = _fitting_conformers(ensemble, site)
+        candidates = []
+        for label, conformer in ensemble:
+            candidates.extend(self._dock_backbone(grid, label, conformer))
+        if not candidates:
+            raise EngineError("Vina returned no pose for any backbone conformer")
+        searched = time.perf_counter()
+
+        n_refine = max(n_poses, int(np.ceil(self.settings.refine_factor * n_poses)))
+        leaders = _cluster(candidates, CLUSTER_RMSD, n_refine)
+        refined = []
+        for candidate in leaders:
+            side_chains.pack_side_chains(candidate.mol, receptor_xyz)
+            energy, mol = self.optimize(grid, candidate.mol)
+            refined.append(
+                Candidate(energy, candidate.label, mol, _backbone_xyz(mol))
+            )
+        kept = _cluster(refined, CLUSTER_RMSD, n_poses)
+        logger.info(
+            "vina_dock_finished backbones=%d candidates=%d refined=%d poses=%d "
+            "search_s=%.1f refine_s=%.1f",
+            len(ensemble),
+            len(candidates),
+            len(refined),
+            len(kept),
+            searched - started,
+            time.perf_counter() - searched,
+        )
+        return [
+            Pose(
+                peptide_pdb=peptide_builder.to_pdb(candidate.mol),
+                docking_affinity=candidate.energy,
+                detail={"backbone_template": candidate.label},
+            )
+            for candidate in kept
+        ]
+
+    def score(self, receptor: Receptor, site: Site, poses: list[Pose], cores: int) -> None:
+        """Optimize each pose locally (all torsions free); set ``affinity`` in kcal/mol.
+
+        The pose's ``peptide_pdb`` is replaced by the optimized coordinates.
+        """
+        grid = self.grid(receptor, site, cores, seed=0)
+        for pose in poses:
+            mol = peptide_builder.from_pdb(pose.peptide_pdb)
+            energy, optimized = self.optimize(grid, mol)
+            pose.affinity = energy
+            pose.peptide_pdb = peptide_builder.to_pdb(optimized)
+
+    # ------------------------------------------------------------------ grids
+
+    def grid(self, receptor: Receptor, site: Site, cores: int, seed: int) -> Vina:
+        """Return a Vina object with the receptor's maps for ``site``, computed once.
+
+        The maps of the last ``cache_size`` receptor-and-box pairs are kept, so the
+        ``dock`` and ``score`` steps of one task compute them once.
+        """
+        key = (
+            hashlib.sha256(receptor.pdb_text.encode()).hexdigest(),
+            tuple(round(v, 3) for v in site.center),
+            tuple(round(v, 3) for v in site.size),
+            cores,
+        )
+        grid = self._grids.get(key)
+        if grid is None:
+            started = time.perf_counter()
+            grid = Vina(sf_name="vina", cpu=cores, seed=seed, no_refine=True, verbosity=0)
+            with tempfile.TemporaryDirectory(prefix="peptide-opt-vina-") as folder:
+                path = os.path.join(folder, "receptor.pdbqt")
+                with open(path, "w") as handle:
+                    handle.write(receptor_pdbqt(receptor.pdb_text))
+                _call_vina("set_receptor", grid.set_receptor, path)
+            _call_vina(
+                "compute_vina_maps",
+                grid.compute_vina_maps,
+                center=list(site.center),
+                box_size=list(site.size),
+                spacing=GRID_SPACING,
+            )
+            logger.info(
+                "vina_maps_computed size=%s duration_s=%.1f",
+                "x".join(f"{v:.1f}" for v in site.size),
+                time.perf_counter() - started,
+            )
+            self._grids[key] = grid
+            while len(self._grids) > self._cache_size:
+                self._grids.popitem(last=False)
+        self._grids.move_to_end(key)
+        return grid
+
+    # ------------------------------------------------------------------ stages
+
+    def _dock_backbone(
+        self, grid: Vina, label: str, conformer: Chem.Mol
+    ) -> list[Candidate]:
+        """Dock the CB-truncated backbone rigidly; return its placements as candidates."""
+        truncated = peptide_builder.truncate_side_chains(conformer)
+        ligand = ligand_pdbqt(truncated, rigid="all")
+        settings = self.settings
+        _call_vina("set_ligand_from_string", grid.set_ligand_from_string, ligand.text)
+        _call_vina(
+            "dock",
+            grid.dock,
+            exhaustiveness=settings.exhaustiveness,
+            n_poses=settings.poses_per_backbone,
+            min_rmsd=1.0,
+            max_evals=settings.max_evals,
+        )
+        coordinates = grid.poses(
+            n_poses=settings.poses_per_backbone, energy_range=100.0, coordinates_only=True
+        )
+        energies = grid.energies(n_poses=settings.poses_per_backbone, energy_range=100.0)
+
+        reference = _backbone_xyz(truncated)
+        backbone_index = _backbone_indices(truncated)
+        conformer_xyz = conformer.GetConformer().GetPositions()
+        candidates = []
+        for pose_xyz, energy in zip(coordinates, energies):
+            posed = np.array([pose_xyz[ligand.atom_to_pdbqt[i]] for i in backbone_index])
+            rotation, translation = _kabsch(reference, posed)
+            placed = Chem.Mol(conformer)
+            _set_positions(placed, conformer_xyz @ rotation.T + translation)
+            candidates.append(Candidate(float(energy[0]), label, placed, posed))
+        return candidates
+
+    def optimize(self, grid: Vina, mol: Chem.Mol) -> tuple[float, Chem.Mol]:
+        """Optimize ``mol`` locally with every torsion free; return energy and molecule.
+
+        The energy is Vina's total (kcal/mol) after optimization. Heavy atoms take
+        Vina's coordinates; hydrogens are placed anew by RDKit.
+        """
+        ligand = ligand_pdbqt(mol, rigid="none")
+        _call_vina("set_ligand_from_string", grid.set_ligand_from_string, ligand.text)
+        energies = _call_vina("optimize", grid.optimize)
+        with tempfile.TemporaryDirectory(prefix="peptide-opt-vina-") as folder:
+            path = os.path.join(folder, "pose.pdbqt")
+            _call_vina("write_pose", grid.write_pose, path, overwrite=True)
+            with open(path) as handle:
+                pose_xyz = _pdbqt_coordinates(handle.read())
+        xyz = mol.GetConformer().GetPositions()
+        for atom_index, pdbqt_index in ligand.atom_to_pdbqt.items():
+            xyz[atom_index] = pose_xyz[pdbqt_index]
+        optimized = Chem.Mol(mol)
+        _set_positions(optimized, xyz)
+        return float(energies[0]), peptide_builder.rebuild_hydrogens(optimized)
+
+
+# ---------------------------------------------------------------------- PDBQT
+
+
+def receptor_pdbqt(pdb_text: str) -> str:
+    """Return the receptor as rigid PDBQT text, typed by Meeko's residue templates.
+
+    Atoms of non-neighbouring residues that lie within 1.7 Å of each other (side chains
+    rebuilt into one another by PDBFixer) are not read as bonds; they stay in the
+    receptor as they are, and a warning names them.
+    """
+    clashing = _clashing_residue_pairs(pdb_text)
+    if clashing:
+        logger.warning(
+            "receptor_atoms_overlap residue_pairs=%s",
+            ",".join(f"{a}/{b}" for a, b in clashing),
+        )
+    try:
+        polymer = Polymer.from_pdb_string(
+            pdb_text,
+            ResidueChemTemplates.create_from_defaults(),
+            MoleculePreparation(),
+            bonds_to_delete=clashing or None,
+        )
+        rigid, _ = PDBQTWriterLegacy.write_string_from_polymer(polymer)
+    except (PolymerCreationError, RuntimeError, NotImplementedError) as error:
+        raise EngineError(f"Meeko could not prepare the receptor: {error}") from error
+    if not rigid.strip():
+        raise EngineError("Meeko wrote an empty receptor PDBQT")
+    return rigid
+
+
+def _clashing_residue_pairs(pdb_text: str) -> list[tuple[str, str]]:
+    residue_ids, names, xyz = [], [], []
+    for line in pdb_text.splitlines():
+        if line.startswith(("ATOM  ", "HETATM")):
+            residue_ids.append(f"{line[21]}:{line[22:27].strip()}")
+            names.append(line[12:16].strip())
+            xyz.append((float(line[30:38]), float(line[38:46]), float(line[46:54])))
+    if not xyz:
+        raise EngineError("receptor PDB text has no atoms")
+    pairs = set()
+    for i, j in cKDTree(np.array(xyz)).query_pairs(CLASH_BOND_DISTANCE):
+        if residue_ids[i] == residue_ids[j]:
+            continue
+        bonded = {names[i], names[j]}
+        if bonded == {"C", "N"} or bonded == {"SG"}:
+            continue
+        pairs.add(tuple(sorted((residue_ids[i], residue_ids[j]))))
+    return sorted(pairs)
+
+
+def ligand_pdbqt(mol: Chem.Mol, rigid: str) -> LigandPDBQT:
+    """Write ``mol`` (explicit hydrogens, one conformer) as a Vina ligand.
+
+    ``rigid`` is ``"none"`` (every rotatable bond free), ``"backbone"`` (phi and psi
+    frozen) or ``"all"`` (a rigid body). Non-polar hydrogens are merged into their
+    carbons, as Vina expects.
+    """
+    if rigid == "all":
+        preparation = MoleculePreparation(
+            rigidify_bonds_smarts=[ANY_BOND_SMARTS], rigidify_bonds_indices=[(0, 1)]
+        )
+    elif rigid == "backbone":
+        preparation = MoleculePreparation(
+            rigidify_bonds_smarts=[BACKBONE_SMARTS, BACKBONE_SMARTS],
+            rigidify_bonds_indices=[(0, 1), (1, 2)],
+        )
+    elif rigid == "none":
+        preparation = MoleculePreparation()
+    else:
+        raise ValueError(f"rigid must be 'none', 'backbone' or 'all', got {rigid!r}")
+    try:
+        setups = preparation.prepare(mol)
+    except RuntimeError as error:
+        raise EngineError(f"Meeko could not prepare the peptide: {error}") from error
+    text, ok, message = PDBQTWriterLegacy.write_string(setups[0], add_index_map=True)
+    if not ok:
+        raise EngineError(f"Meeko could not write the peptide PDBQT: {message.strip()}")
+    return LigandPDBQT(text, _index_map(text), _torsion_count(text))
+
+
+def _index_map(pdbqt: str) -> dict[int, int]:
+    """Parse ``REMARK INDEX MAP`` pairs (1-based molecule, PDBQT) into 0-based indices."""
+    numbers: list[int] = []
+    for line in pdbqt.splitlines():
+        if line.startswith("REMARK INDEX MAP"):
+            numbers.extend(int(value) for value in line.split()[3:])
+    return {numbers[i] - 1: numbers[i + 1] - 1 for i in range(0, len(numbers), 2)}
+
+
+def _torsion_count(pdbqt: str) -> int:
+    for line in pdbqt.splitlines():
+        if line.startswith("TORSDOF"):
+            return int(line.split()[1])
+    return 0
+
+
+def _pdbqt_coordinates(pdbqt: str) -> np.ndarray:
+    rows = [
+        (float(line[30:38]), float(line[38:46]), float(line[46:54]))
+        for line in pdbqt.splitlines()
+        if line.startswith(("ATOM  ", "HETATM"))
+    ]
+    return np.array(rows)
+
+
+# ---------------------------------------------------------------------- geometry
+
+
+def _receptor_heavy_xyz(pdb_text: str) -> np.ndarray:
+    rows = []
+    for line in pdb_text.splitlines():
+        if line.startswith(("ATOM  ", "HETATM")):
+            element = line[76:78].strip() or line[12:14].strip()
+            if element.upper() not in ("H", "D"):
+                rows.append((float(line[30:38]), float(line[38:46]), float(line[46:54])))
+    return np.array(rows)
+
+
+def _backbone_indices(mol: Chem.Mol) -> list[int]:
+    indices = []
+    for residue in peptide_builder.backbone_atoms(mol):
+        indices.extend([residue.n, residue.ca, residue.c, residue.o])
+    return indices
+
+
+def _backbone_xyz(mol: Chem.Mol) -> np.ndarray:
+    return mol.GetConformer().GetPositions()[_backbone_indices(mol)]
+
+
+def _set_positions(mol: Chem.Mol, xyz: np.ndarray) -> None:
+    conformer = mol.GetConformer()
+    for index, point in enumerate(xyz):
+        conformer.SetAtomPosition(index, Point3D(*point))
+
+
+def _kabsch(reference: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return rotation R and translation t with ``reference @ R.T + t`` closest to target."""
+    ref_center = reference.mean(axis=0)
+    target_center = target.mean(axis=0)
+    covariance = (reference - ref_center).T @ (target - target_center)
+    u, _, vt = np.linalg.svd(covariance)
+    sign = np.sign(np.linalg.det(vt.T @ u.T))
+    correction = np.diag([1.0, 1.0, sign])
+    rotation = vt.T @ correction @ u.T
+    return rotation, target_center - ref_center @ rotation.T
+
+
+def backbone_rmsd(first: np.ndarray, second: np.ndarray) -> float:
+    """Return the RMSD (Å) of two (n, 3) coordinate sets, without superposition."""
+    return float(np.sqrt(np.mean(np.sum((first - second) ** 2, axis=1))))
+
+
+def _cluster(candidates: list[Candidate], threshold: float, limit: int) -> list[Candidate]:
+    """Keep the best candidates whose backbones differ by at least ``threshold`` Å."""
+    kept: list[Candidate] = []
+    for candidate in sorted(candidates, key=lambda c: (c.energy, c.label)):
+        if all(
+            backbone_rmsd(candidate.backbone_xyz, other.backbone_xyz) >= threshold
+            for other in kept
+        ):
+            kept.append(candidate)
+            if len(kept) == limit:
+                break
+    return kept
+
+
+def _fitting_conformers(
+    ensemble: list[tuple[str, Chem.Mol]], site: Site
+) -> list[tuple[str, Chem.Mol]]:
+    """Drop conformers longer than the box diagonal; keep the three most compact if none fit."""
+    diagonal = float(np.linalg.norm(site.size))
+    spans = []
+    for label, mol in ensemble:
+        xyz = mol.GetConformer().GetPositions()
+        spans.append(float(np.max(np.linalg.norm(xyz[:, None] - xyz[None, :], axis=2))))
+    fitting = [item for item, span in zip(ensemble, spans) if span <= diagonal]
+    if fitting:
+        return fitting
+    order = np.argsort(spans)[:3]
+    return [ensemble[i] for i in order]
+
+
+def _call_vina(action: str, function, *args, **kwargs):
+    """Call a Vina method and turn its RuntimeError into :class:`EngineError`."""
+    try:
+        return function(*args, **kwargs)
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise EngineError(f"Vina {action} failed: {str(error).strip()}") from error

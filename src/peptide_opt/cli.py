@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "peptide_opt.pipeline.cli",
     "peptide_opt.queue.cli",
     "peptide_opt.worker.cli",
+    "peptide_opt.worker.celery_cli",
     "peptide_opt.api.cli",
     "peptide_opt.client.cli",
     "peptide_opt.supervisor_cli",

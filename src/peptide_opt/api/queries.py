@@ -107,6 +107,17 @@ RETURNING id, user_id, task_type, job_dir, status, priority, progress, current_s
           finished_at, updated_at, NULL::timestamp AS files_deleted_at
 """
 
+# EXECUTOR=celery: the send marker of a new task. The API sends the task's id to Celery
+# only when this insert sets the marker. Otherwise the dispatcher has sent it already.
+MARK_CELERY_SEND = """
+INSERT INTO peptide_opt_celery_sends (task_id, sent_at)
+VALUES ($1, timezone('utc', now()))
+ON CONFLICT (task_id) DO NOTHING
+RETURNING task_id
+"""
+
+UNMARK_CELERY_SEND = "DELETE FROM peptide_opt_celery_sends WHERE task_id = $1"
+
 _TASK_COLUMNS = """
 t.id, t.user_id, t.task_type, t.job_dir, t.status, t.priority, t.progress,
 t.current_step, t.attempts, t.error, t.cancel_requested_at, t.step_timings,

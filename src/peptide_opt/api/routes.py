@@ -158,6 +158,11 @@ async def submit_task(
         row = await submit.queue_submission(
             _pool(request), _storage(request), caller, submission, request.app.state.limits
         )
+    settings = request.app.state.settings
+    if settings.executor == "celery":
+        await submit.send_to_celery(
+            _pool(request), settings.celery_broker_url, row["id"]
+        )
 
     task = task_from_row(row)
     response.headers["Location"] = f"/v1/tasks/{task.id}"

@@ -289,6 +289,31 @@ async def queue_submission(
     return row
 
 
+async def send_to_celery(pool: asyncpg.Pool, broker_url: str, task_id: str) -> None:
+    """Send a new task's id to Celery (EXECUTOR=celery) unless the dispatcher did.
+
+    A broker error is logged, not raised: the task is stored and pending, and the
+    dispatcher's next sweep sends it.
+    """
+    # Imported here: only Celery mode pays for importing Celery.
+    from kombu.exceptions import KombuError
+
+    from peptide_opt.worker.celery_app import app_for, send_task_ids
+
+    if await pool.fetchval(queries.MARK_CELERY_SEND, task_id) is None:
+        return
+    try:
+        await asyncio.to_thread(send_task_ids, app_for(broker_url), [task_id])
+    except KombuError as error:
+        await pool.execute(queries.UNMARK_CELERY_SEND, task_id)
+        logger.warning(
+            "celery_send_failed: task %s left to the dispatcher: %s",
+            task_id,
+            error,
+            extra={"event": "celery_send_failed", "task_id": task_id},
+        )
+
+
 async def _discard_inputs(storage: Storage, prefix: str) -> None:
     try:
         await asyncio.shield(storage.delete_prefix(prefix))

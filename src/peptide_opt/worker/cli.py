@@ -19,7 +19,7 @@ from peptide_opt.worker.registry import handler_specs
 LIVE_WINDOW_S = 60.0
 
 # EXECUTOR=celery runs this module's run_celery_worker(args) instead.
-CELERY_WORKER_MODULE = "peptide_opt.celery_executor.worker"
+CELERY_WORKER_MODULE = "peptide_opt.worker.celery_cli"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,8 +71,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    if settings.executor == "celery":
-        return _run_celery_worker(args)
     if args.max_workers is not None:
         if args.max_workers < 1:
             raise InputError(f"--max-workers must be at least 1, got {args.max_workers}")
@@ -81,6 +79,8 @@ def run_worker(args: argparse.Namespace) -> int:
         raise InputError(f"--retry-delay must be at least 0, got {args.retry_delay:g}")
     if args.recycle_after < 1:
         raise InputError(f"--recycle-after must be at least 1, got {args.recycle_after}")
+    if settings.executor == "celery":
+        return _run_celery_worker(args)
 
     worker_id = new_worker_id()
     configure_logging(

@@ -1,8 +1,10 @@
 -- Every statement of the worker and the operator commands. Each block starts with
 -- "-- name: NAME"; parameters are psycopg's %(name)s placeholders, never text
--- pasted into the statement. Rows of task types other than ours are matched only
--- through the task types a worker handles, or through the pattern of ours:
--- 'peptide_optimization' and 'peptide_opt.*'.
+-- pasted into the statement. Task ids are cast to CHAR(36), the type of tasks.id,
+-- because a text comparison would cast the column and miss the primary key. Rows of
+-- task types other than ours are matched only through the task types a worker
+-- handles, or through the pattern of ours: 'peptide_optimization' and
+-- 'peptide_opt.*'.
 
 -- name: claim
 SELECT task_id, user_id, task_type, job_dir, attempt, max_attempts
@@ -58,7 +60,7 @@ SET progress = %(progress)s,
     step_timings = coalesce(step_timings, '{}'::jsonb)
         || jsonb_build_object(%(step)s::text, %(step_seconds)s::float8),
     updated_at = timezone('utc', now())
-WHERE id = %(task_id)s
+WHERE id = %(task_id)s::char(36)
   AND worker_id = %(worker_id)s
   AND attempts = %(attempt)s
   AND status = 'processing'
@@ -86,7 +88,7 @@ SELECT id, user_id, task_type, job_dir, status, attempts, max_attempts, worker_i
        progress, current_step, error, cancel_requested_at, created_at, started_at,
        finished_at
 FROM tasks
-WHERE id = %(task_id)s
+WHERE id = %(task_id)s::char(36)
   AND (task_type = 'peptide_optimization' OR task_type LIKE 'peptide\_opt.%%');
 
 -- name: cancel_pending
@@ -95,7 +97,7 @@ SET status = 'cancelled',
     error = 'cancelled by request',
     finished_at = timezone('utc', now()),
     updated_at = timezone('utc', now())
-WHERE id = %(task_id)s
+WHERE id = %(task_id)s::char(36)
   AND status = 'pending'
   AND (task_type = 'peptide_optimization' OR task_type LIKE 'peptide\_opt.%%')
 RETURNING id;
@@ -104,7 +106,7 @@ RETURNING id;
 UPDATE tasks
 SET cancel_requested_at = coalesce(cancel_requested_at, timezone('utc', now())),
     updated_at = timezone('utc', now())
-WHERE id = %(task_id)s
+WHERE id = %(task_id)s::char(36)
   AND status = 'processing'
   AND (task_type = 'peptide_optimization' OR task_type LIKE 'peptide\_opt.%%')
 RETURNING id;
@@ -121,7 +123,7 @@ SET status = 'pending',
     finished_at = NULL,
     max_attempts = attempts + %(max_attempts)s,
     updated_at = timezone('utc', now())
-WHERE id = %(task_id)s
+WHERE id = %(task_id)s::char(36)
   AND status IN ('failed', 'cancelled')
   AND (task_type = 'peptide_optimization' OR task_type LIKE 'peptide\_opt.%%')
 RETURNING id;

@@ -1,4 +1,4 @@
--- Faster versions of the claim, the finish and the recovery, with the signatures,
+-- Faster versions of the claim, the finish, the recovery and the heartbeat, with the signatures,
 -- arguments and results of 0004, so workers of either version call them alike.
 -- The finish writes the task row once (one new row version instead of two), and an
 -- attempt's row in task_attempts is written once, when the attempt ends: by the
@@ -125,6 +125,9 @@ RETURNS text
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
+    -- tasks.id is CHAR(36): a text comparison would cast the column and miss the
+    -- primary key's index.
+    v_id            char(36) := p_task_id;
     v_now           timestamp := timezone('utc', now());
     v_max_attempts  integer;
     v_started_at    timestamp;
@@ -134,7 +137,7 @@ BEGIN
     SELECT coalesce(t.max_attempts, 1), t.started_at
     INTO v_max_attempts, v_started_at
     FROM tasks AS t
-    WHERE t.id = p_task_id
+    WHERE t.id = v_id
       AND t.worker_id = p_worker_id
       AND t.attempts = p_attempt
       AND t.status = 'processing'
@@ -177,7 +180,7 @@ BEGIN
         lease_expires_at = NULL,
         cancel_requested_at = NULL,
         updated_at = v_now
-    WHERE t.id = p_task_id;
+    WHERE t.id = v_id;
 
     IF v_status = 'pending' THEN
         PERFORM pg_notify('peptide_opt_tasks', 'retry');
@@ -187,7 +190,7 @@ BEGIN
         task_id, attempt, worker_id, started_at, finished_at, outcome, error
     )
     VALUES (
-        p_task_id, p_attempt, p_worker_id, coalesce(v_started_at, v_now), v_now,
+        v_id, p_attempt, p_worker_id, coalesce(v_started_at, v_now), v_now,
         p_outcome, p_error
     )
     ON CONFLICT (task_id, attempt) DO UPDATE
@@ -245,7 +248,10 @@ BEGIN
                'lost', 'worker lost'
         FROM expired AS e
         JOIN recovered AS r ON r.id = e.id
-        ON CONFLICT (task_id, attempt) DO NOTHING
+        ON CONFLICT (task_id, attempt) DO UPDATE
+            SET finished_at = excluded.finished_at, outcome = excluded.outcome,
+                error = excluded.error
+            WHERE a.outcome IS NULL
         RETURNING a.task_id
     )
     SELECT count(*), count(*) FILTER (WHERE r.status = 'pending')
@@ -256,5 +262,93 @@ BEGIN
         PERFORM pg_notify('peptide_opt_tasks', 'recovered');
     END IF;
     RETURN v_n_recovered;
+END
+$$;
+
+
+-- Record a worker's heartbeat and renew its leases; see 0004. The held task ids
+-- are compared as CHAR(36), the type of tasks.id, so that the primary key serves.
+CREATE OR REPLACE FUNCTION peptide_opt_heartbeat_v1(
+    p_worker_id      text,
+    p_host           text,
+    p_pid            integer,
+    p_started_at     timestamp,
+    p_status         text,
+    p_max_workers    integer,
+    p_task_types     text[],
+    p_task_ids       text[],
+    p_attempts       integer[],
+    p_lease_seconds  double precision
+)
+RETURNS TABLE (
+    paused       boolean,
+    ready        boolean,
+    cancel_ids   text[],
+    lost_ids     text[],
+    n_recovered  integer
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now       timestamp := timezone('utc', now());
+    v_renewed   text[];
+    v_cancel    text[];
+BEGIN
+    INSERT INTO workers AS w (
+        worker_id, host, pid, started_at, heartbeat_at, status, running_tasks,
+        max_workers, task_types
+    )
+    VALUES (
+        p_worker_id, p_host, p_pid, p_started_at, v_now, p_status,
+        cardinality(p_task_ids), p_max_workers, p_task_types
+    )
+    ON CONFLICT (worker_id) DO UPDATE
+        SET heartbeat_at = excluded.heartbeat_at, status = excluded.status,
+            running_tasks = excluded.running_tasks;
+
+    WITH held AS (
+        SELECT h.id::char(36) AS id, h.attempt
+        FROM unnest(p_task_ids, p_attempts) AS h (id, attempt)
+    ),
+    renewed AS (
+        UPDATE tasks AS t
+        SET lease_expires_at = v_now + make_interval(secs => p_lease_seconds)
+        FROM held AS h
+        WHERE t.id = h.id
+          AND t.attempts = h.attempt
+          AND t.worker_id = p_worker_id
+          AND t.status = 'processing'
+        RETURNING t.id, t.cancel_requested_at
+    )
+    SELECT coalesce(array_agg(rtrim(r.id)), '{}'),
+           coalesce(
+               array_agg(rtrim(r.id)) FILTER (WHERE r.cancel_requested_at IS NOT NULL),
+               '{}'
+           )
+    INTO v_renewed, v_cancel
+    FROM renewed AS r;
+
+    n_recovered := peptide_opt_recover_v1(p_task_types);
+
+    -- Rows of workers that stopped without removing their row.
+    DELETE FROM workers AS w WHERE w.heartbeat_at < v_now - interval '1 day';
+
+    paused := EXISTS (
+        SELECT 1 FROM peptide_opt_settings AS s
+        WHERE s.name = 'paused' AND s.value = 'true'::jsonb
+    );
+    ready := EXISTS (
+        SELECT 1 FROM tasks AS t
+        WHERE t.status = 'pending'
+          AND t.task_type = ANY (p_task_types)
+          AND (t.not_before IS NULL OR t.not_before <= v_now)
+    );
+    cancel_ids := v_cancel;
+    lost_ids := ARRAY(
+        SELECT h.id
+        FROM unnest(p_task_ids) AS h (id)
+        WHERE rtrim(h.id) <> ALL (v_renewed)
+    );
+    RETURN NEXT;
 END
 $$;

@@ -107,12 +107,24 @@ def _add_web_page(app: FastAPI) -> None:
         )
 
 
+async def _skip_session_reset(connection: asyncpg.Connection) -> None:
+    """Return a connection to the pool without asyncpg's default RESET ALL round trip.
+
+    The API sets no session state (no SET, LISTEN, cursors or session-level advisory
+    locks), so there is nothing to reset. asyncpg still rolls back an open transaction
+    before it calls this.
+    """
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     try:
         pool = await asyncpg.create_pool(
-            settings.database_url, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE
+            settings.database_url,
+            min_size=POOL_MIN_SIZE,
+            max_size=POOL_MAX_SIZE,
+            reset=_skip_session_reset,
         )
     except (OSError, asyncpg.PostgresError) as error:
         raise PeptideOptError(f"cannot connect to the database: {error}") from error

@@ -284,8 +284,12 @@ def _difference(value: float, reference: float | None) -> float | None:
 
 @contextlib.contextmanager
 def _thread_pool(cores: int) -> Iterator[concurrent.futures.Executor | None]:
-    """Yield a pool of ``cores`` processes for threading, or None for one core."""
-    if cores <= 1:
+    """Yield a pool of ``cores`` processes for threading, or None for one core.
+
+    A daemonic process (a Celery prefork child, for one) may not start children, so it
+    threads its designs itself.
+    """
+    if cores <= 1 or multiprocessing.current_process().daemon:
         yield None
         return
     # Spawned, not forked: the parent may hold OpenMM and torch thread pools, which a

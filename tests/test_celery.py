@@ -11,10 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from peptide_opt.queue.store import ClaimPolicy, QueueStore
 from peptide_opt.worker.celery_app import claim_task, create_app, send_task_ids
+from tests.fixtures.api import free_port
 from tests.fixtures.celery import CELERY_QUEUE, REDIS_URL, celery_environment
 from tests.fixtures.postgres import wait_for_workers
 from tests.handlers import EXTRA_HANDLERS
@@ -355,3 +357,140 @@ def test_dispatch_rejects_bad_option(database_url):
 
     assert completed.returncode == 2
     assert "--batch-size must be at least 1, got 0" in completed.stderr
+
+
+def test_shutdown_releases_running_task(queue_db, start_celery_process, tmp_path):
+    # SIGTERM starts Celery's warm shutdown; after SHUTDOWN_GRACE=1 s the running
+    # task is released to pending, and the dispatcher sends it to the next worker.
+    log = tmp_path / "runs.log"
+    first = start_celery_process("worker", SHUTDOWN_GRACE="1")
+    start_celery_process("dispatch")
+    wait_for_workers(queue_db, 1)
+    user = queue_db.add_user()
+    task_id = queue_db.add_task(
+        SLEEP, user, {"seconds": 30.0, "step_seconds": 0.5, "log": str(log)}
+    )
+    queue_db.wait_for_status(task_id, "processing", FINISH_TIMEOUT_S)
+
+    assert first.terminate(timeout=30) == 0
+    row = queue_db.task(task_id)
+    assert row["status"] == "pending"
+    assert [a["outcome"] for a in queue_db.attempts(task_id)] == ["released"]
+
+    queue_db.connection.execute(
+        "UPDATE tasks SET job_dir = %s WHERE id = %s",
+        ('{"seconds": 0.5, "log": "%s"}' % log, task_id),
+    )
+    start_celery_process("worker")
+    row = queue_db.wait_for_status(task_id, "finished", FINISH_TIMEOUT_S)
+    assert row["attempts"] == 2
+    assert [line[3] for line in _log_lines(log)] == ["start", "start", "end"]
+
+
+def test_flower_shows_worker_and_task(
+    queue_db, start_celery_process, celery_broker, tmp_path
+):
+    # Flower turns task events on in the workers it sees; its API then lists the
+    # worker under the name that matches its row and the task it ran.
+    port = str(free_port())
+    worker = start_celery_process("worker")
+    wait_for_workers(queue_db, 1)
+    worker_id = queue_db.connection.execute("SELECT worker_id FROM workers").fetchone()[
+        "worker_id"
+    ]
+    flower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "peptide_opt.worker.celery_app",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={port}",
+        ],
+        env=celery_environment(queue_db.url, FLOWER_UNAUTHENTICATED_API="true"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/api"
+        queue_db.wait_for(
+            lambda: _flower_json(f"{base}/workers?refresh=1").get(
+                f"peptide-opt@{worker_id}"
+            ),
+            FINISH_TIMEOUT_S,
+            "Flower to list the worker",
+        )
+        # Flower sends the command that turns task events on every few seconds.
+        queue_db.wait_for(
+            lambda: "Events of group {task} enabled by remote" in worker.log(),
+            FINISH_TIMEOUT_S,
+            "Flower to turn task events on",
+        )
+        task_id = queue_db.add_task(NOOP, queue_db.add_user())
+        send_task_ids(create_app(REDIS_URL), [task_id])
+        queue_db.wait_for_status(task_id, "finished", FINISH_TIMEOUT_S)
+        queue_db.wait_for(
+            lambda: any(
+                task["args"] == repr([task_id]) and task["state"] == "SUCCESS"
+                for task in _flower_json(f"{base}/tasks").values()
+            ),
+            FINISH_TIMEOUT_S,
+            "Flower to show the finished task",
+        )
+    finally:
+        flower.terminate()
+        flower.wait(20)
+    assert worker.terminate() == 0
+
+
+def _flower_json(url: str) -> dict:
+    try:
+        response = httpx.get(url, timeout=5)
+    except httpx.HTTPError:
+        return {}
+    return response.json() if response.status_code == 200 else {}
+
+
+@pytest.mark.slow
+def test_real_1czy_job_finishes(
+    api_server_factory, api_users, api_storage_env, queue_db, start_celery_process
+):
+    # The product's own handler on 1CZY (TRAF2 and its peptide PQQATDD, chain B
+    # marking the site) with 2 poses and 2 designs per pose: a few minutes on two
+    # cores. The API sends the task; the worker reads the inputs from local storage.
+    import csv
+    import io
+
+    from tests.test_api import submit
+
+    worker = start_celery_process("worker", WORKER_CORES="2", **api_storage_env)
+    server = api_server_factory(EXECUTOR="celery", CELERY_BROKER_URL=REDIS_URL)
+    user = api_users("celery-1czy")
+    wait_for_workers(queue_db, 1)
+
+    with server.client(user) as client:
+        response = submit(client, n_poses=2, num_seq_per_target=2, site_chain="B")
+        assert response.status_code == 201, response.text
+        task_id = response.json()["id"]
+        row = queue_db.wait_for_status(task_id, {"finished", "failed"}, 1200)
+        assert row["status"] == "finished", row["error"] + worker.log()[-4000:]
+        task = client.get(f"/v1/tasks/{task_id}").json()
+        result = client.get(f"/v1/tasks/{task_id}/result").json()
+        csv_file = client.get(f"/v1/tasks/{task_id}/files/result.csv")
+
+    assert task["attempts"] == 1
+    assert task["progress"] == 100
+    for step in ("prepare", "model", "site", "dock", "score", "assemble", "design"):
+        assert task["step_timings"][step] >= 0, step
+    assert [pose["rank"] for pose in result["results"]] == [1, 2]
+    assert result["results"][0]["originalSequence"] == "PQQATDD"
+    # Vina affinities of a bound peptide are negative (kcal/mol).
+    assert result["results"][0]["originalSequenceAffinityScore"] < 0
+    rows = list(csv.reader(io.StringIO(csv_file.text)))
+    assert [row[0] for row in rows[1:]] == [
+        "Input peptide property",
+        "Docking result rank 1",
+        "Docking result rank 2",
+    ]

@@ -60,9 +60,10 @@ def configure(app: Celery, broker_url: str) -> None:
         worker_pool="threads",
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
-        # Task events are what Flower shows.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events (what Flower shows) stay off: Flower turns them on in every
+        # worker while it runs (its enable_events option, on by default), so that
+        # workers pay for the events only while someone watches.
+        worker_send_task_events=False,
     )
 
 

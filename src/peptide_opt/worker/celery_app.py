@@ -27,6 +27,7 @@ from celery.exceptions import Reject
 
 from peptide_opt.queue.store import ClaimedTask, ClaimPolicy, QueueStore
 from peptide_opt.settings import Settings
+from peptide_opt.worker.logs import configure_logging
 from peptide_opt.worker.loop import Worker, WorkerOptions, new_worker_id
 from peptide_opt.worker.registry import handler_specs
 
@@ -221,13 +222,16 @@ def _start_executor(sender, **kwargs) -> None:
         logger.error("celery_pool_unsupported", extra={"pool": pool_module})
         raise SystemExit(2)
 
-    settings = _prepared.get("settings") or Settings.from_env()
-    settings = dataclasses.replace(settings, max_workers=int(sender.concurrency or 1))
-    executor = CeleryExecutor(
-        settings,
-        _prepared.get("options"),
-        _prepared.get("worker_id") or new_worker_id(),
-    )
+    # The solo pool runs one task at a time whatever its concurrency says.
+    max_workers = 1 if pool_module.endswith("solo") else int(sender.concurrency or 1)
+    if _prepared:
+        settings, worker_id = _prepared["settings"], _prepared["worker_id"]
+    else:
+        # Started as ``celery -A peptide_opt.worker.celery_app worker``.
+        settings, worker_id = Settings.from_env(), new_worker_id()
+        configure_logging(settings.log_level, settings.log_format, worker_id)
+    settings = dataclasses.replace(settings, max_workers=max_workers)
+    executor = CeleryExecutor(settings, _prepared.get("options"), worker_id)
     executor.start()
     with _executor_lock:
         _executor = executor

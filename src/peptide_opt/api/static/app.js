@@ -323,6 +323,12 @@ function renderResultTable(rows) {
 function formatValue(value) {
   if (typeof value === "number") return Number.isInteger(value) ? value : value.toFixed(3);
   if (Array.isArray(value)) return `(${value.map(formatValue).join(", ")})`;
+  // The secondary structure fractions arrive as the text of a (helix, turn, sheet) tuple.
+  const tuple = typeof value === "string" && value.match(/^\((.*)\)$/);
+  if (tuple) {
+    const parts = tuple[1].split(",").map(Number);
+    if (parts.every(Number.isFinite)) return formatValue(parts);
+  }
   return value === null || value === undefined ? "-" : value;
 }
 

@@ -5,7 +5,9 @@ from plain INSERTs, a killed worker, duplicate messages, cancellation."""
 from __future__ import annotations
 
 import collections
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from peptide_opt.queue.store import ClaimPolicy, QueueStore
 from peptide_opt.worker.celery_app import claim_task, create_app, send_task_ids
@@ -494,3 +497,66 @@ def test_real_1czy_job_finishes(
         "Docking result rank 1",
         "Docking result rank 2",
     ]
+
+
+def test_dispatcher_waits_out_broker_outage(queue_db, start_celery_process, tmp_path):
+    # The broker is a redis-server of the test's own on a free port, started only
+    # after the dispatcher failed to send: the task must be sent once it is up.
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    broker_url = f"redis://127.0.0.1:{port}/0"
+    dispatcher = start_celery_process("dispatch", CELERY_BROKER_URL=broker_url)
+    user = queue_db.add_user()
+    task_id = queue_db.add_task(NOOP, user)
+    queue_db.wait_for(
+        lambda: "broker_unavailable" in dispatcher.log(),
+        FINISH_TIMEOUT_S,
+        "the dispatcher to report the broker down",
+    )
+    # The failed send left no marker, so nothing holds the task back.
+    assert _n_markers(queue_db) == 0
+
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        queue_db.wait_for(
+            lambda: _queue_length(client) == 1,
+            FINISH_TIMEOUT_S,
+            "the message to reach the broker",
+        )
+        message = json.loads(client.lindex(CELERY_QUEUE, 0))
+        assert message["headers"]["argsrepr"] == repr([task_id])
+        assert _n_markers(queue_db) == 1
+        assert dispatcher.terminate() == 0
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _queue_length(client: redis.Redis) -> int:
+    try:
+        return client.llen(CELERY_QUEUE)
+    except redis.RedisError:
+        return -1
+
+
+def test_api_submits_while_broker_down(api_server_factory, api_users, queue_db):
+    # Nothing listens on the broker's port: the submission still succeeds, and its
+    # marker is deleted so that the dispatcher's next sweep sends the task.
+    from tests.test_api import submit
+
+    broker_url = f"redis://127.0.0.1:{free_port()}/0"
+    server = api_server_factory(EXECUTOR="celery", CELERY_BROKER_URL=broker_url)
+    user = api_users("celery-outage")
+
+    with server.client(user) as client:
+        response = submit(client)
+
+    assert response.status_code == 201, response.text
+    assert queue_db.task(response.json()["id"])["status"] == "pending"
+    assert _n_markers(queue_db) == 0

@@ -52,7 +52,7 @@ def scratch_database(label: str) -> Iterator[str]:
 
 
 def database_transactions(url: str) -> int:
-    """Committed plus rolled-back transactions of the database, from pg_stat_database."""
+    """Committed plus rolled-back transactions of the database (pg_stat_database)."""
     with psycopg.connect(url, autocommit=True) as connection:
         # Statistics of other backends reach the view when they flush them, at most
         # once a second; forcing a fresh snapshot is all this session can do.
@@ -128,9 +128,15 @@ def start_procrastinate_workers(group: ProcessGroup, url: str, n_workers: int) -
     for _ in range(n_workers):
         group.start(
             [
-                sys.executable, "-m", "procrastinate",
-                "--app", "bench.queue_peers.procrastinate_app",
-                "worker", "--concurrency", "1", "--listen-notify",
+                sys.executable,
+                "-m",
+                "procrastinate",
+                "--app",
+                "bench.queue_peers.procrastinate_app",
+                "worker",
+                "--concurrency",
+                "1",
+                "--listen-notify",
             ],
             environment,
         )
@@ -149,12 +155,14 @@ def _wait_for_listeners(url: str, n_workers: int) -> None:
     # then give them two seconds to run LISTEN. The first jobs of each run are warm-up
     # and not measured.
     wait_until(
-        lambda: _count(
-            url,
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        >= n_workers,
+        lambda: (
+            _count(
+                url,
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            >= n_workers
+        ),
         timeout=60,
     )
     time.sleep(2.0)

@@ -127,7 +127,9 @@ def measure_pgqueuer(n_jobs: int, gap_s: float, work: Path) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=200, help="measured jobs per system")
+    parser.add_argument(
+        "--jobs", type=int, default=200, help="measured jobs per system"
+    )
     parser.add_argument(
         "--gap-ms", type=float, default=50.0, help="pause between inserts in ms"
     )

@@ -62,10 +62,12 @@ def measure_peptide_opt(n_jobs: int, n_workers: int, work: Path) -> float:
                     (user_id, n_jobs),
                 )
                 wait_until(
-                    lambda: _scalar(
-                        db, "SELECT count(*) FROM tasks WHERE status = 'finished'"
-                    )
-                    >= n_jobs,
+                    lambda: (
+                        _scalar(
+                            db, "SELECT count(*) FROM tasks WHERE status = 'finished'"
+                        )
+                        >= n_jobs
+                    ),
                     timeout=600,
                     interval=_POLL_S,
                 )
@@ -82,18 +84,22 @@ def measure_procrastinate(n_jobs: int, n_workers: int, work: Path) -> float:
         async def run() -> float:
             async with procrastinate_app.open_async():
                 await procrastinate_app.schema_manager.apply_schema_async()
-                await asyncio.to_thread(start_procrastinate_workers, group, url, n_workers)
+                await asyncio.to_thread(
+                    start_procrastinate_workers, group, url, n_workers
+                )
                 started = time.monotonic()
                 await procrastinate_noop.batch_defer_async(*([{}] * n_jobs))
             with psycopg.connect(url, autocommit=True) as db:
                 await asyncio.to_thread(
                     wait_until,
-                    lambda: _scalar(
-                        db,
-                        "SELECT count(*) FROM procrastinate_jobs "
-                        "WHERE status = 'succeeded'",
-                    )
-                    >= n_jobs,
+                    lambda: (
+                        _scalar(
+                            db,
+                            "SELECT count(*) FROM procrastinate_jobs "
+                            "WHERE status = 'succeeded'",
+                        )
+                        >= n_jobs
+                    ),
                     600,
                     _POLL_S,
                 )

@@ -308,9 +308,7 @@ def test_concurrent_claims_take_distinct_tasks(database_url, queue_db):
                 claimed.append(task.task_id)
         worker_store.close()
 
-    threads = [
-        threading.Thread(target=claim_all, args=(f"w{i}",)) for i in range(6)
-    ]
+    threads = [threading.Thread(target=claim_all, args=(f"w{i}",)) for i in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -158,12 +158,23 @@ def test_queue_columns_and_tables_exist(empty_database_url):
     assert columns["result_summary"][0] == "jsonb"
     assert columns["step_timings"][0] == "jsonb"
     assert set(_columns(empty_database_url, "task_attempts")) >= {
-        "task_id", "attempt", "worker_id", "started_at", "finished_at", "outcome",
+        "task_id",
+        "attempt",
+        "worker_id",
+        "started_at",
+        "finished_at",
+        "outcome",
         "error",
     }
     assert set(_columns(empty_database_url, "workers")) >= {
-        "worker_id", "host", "pid", "started_at", "heartbeat_at", "status",
-        "running_tasks", "max_workers",
+        "worker_id",
+        "host",
+        "pid",
+        "started_at",
+        "heartbeat_at",
+        "status",
+        "running_tasks",
+        "max_workers",
     }
 
 

@@ -98,7 +98,9 @@ def test_platform_row_runs_1czy(queue_db, start_worker, tmp_path, examples_dir):
         "site_chain=B\nreceptor_chains=A\n",
     )
     start_worker(
-        TASK_TIMEOUT="3000", LEASE_SECONDS="30", WORKER_CORES="2",
+        TASK_TIMEOUT="3000",
+        LEASE_SECONDS="30",
+        WORKER_CORES="2",
         **_worker_env(storage_root),
     )
     wait_for_workers(queue_db, 1)
@@ -121,5 +123,7 @@ def test_platform_row_runs_1czy(queue_db, start_worker, tmp_path, examples_dir):
     assert (output / "complex1.pdb").is_file()
     assert (output / "complex2.pdb").is_file()
     assert (output / "manifest.json").is_file()
-    assert row["result_summary"]["storage_prefix"] == f"jobs/peptide_optimization/{job_id}"
+    assert (
+        row["result_summary"]["storage_prefix"] == f"jobs/peptide_optimization/{job_id}"
+    )
     assert "result.csv" in row["result_summary"]["outputs"]

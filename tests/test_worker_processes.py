@@ -125,8 +125,7 @@ def test_crashing_task_fails_others_finish(queue_db, start_worker, tmp_path):
 
     crash_id = queue_db.add_task("peptide_opt.crash", user, {"log": str(log)})
     noop_ids = [
-        queue_db.add_task("peptide_opt.noop", user, {"log": str(log)})
-        for _ in range(5)
+        queue_db.add_task("peptide_opt.noop", user, {"log": str(log)}) for _ in range(5)
     ]
 
     row = queue_db.wait_for_status(crash_id, "failed", timeout=30)
@@ -209,7 +208,9 @@ def test_fairness_second_user_before_third(queue_db, start_worker, tmp_path):
     queue_db.wait_for_status(alice_ids[2], {"processing", "finished"}, timeout=20)
 
     start_of = {line[0]: line[4] for line in _log_lines(log) if line[3] == "start"}
-    alice_starts = sorted(start_of[task_id] for task_id in alice_ids if task_id in start_of)
+    alice_starts = sorted(
+        start_of[task_id] for task_id in alice_ids if task_id in start_of
+    )
     assert start_of[bob_id] < alice_starts[2]
 
 
@@ -256,8 +257,10 @@ def test_retry_command_requeues_failed(queue_db, start_worker, database_url):
 
     assert result.returncode == 0, result.stderr
     queue_db.wait_for(
-        lambda: queue_db.task(task_id)["attempts"] == 2
-        and queue_db.task(task_id)["status"] == "failed",
+        lambda: (
+            queue_db.task(task_id)["attempts"] == 2
+            and queue_db.task(task_id)["status"] == "failed"
+        ),
         timeout=10,
         message="the retried task to run again",
     )

@@ -91,7 +91,9 @@ def upgrade(database_url: str) -> list[Migration]:
                     _apply(connection, migration)
                     applied_now.append(migration)
             finally:
-                connection.execute("SELECT pg_advisory_unlock(%s)", (_UPGRADE_LOCK_KEY,))
+                connection.execute(
+                    "SELECT pg_advisory_unlock(%s)", (_UPGRADE_LOCK_KEY,)
+                )
     except psycopg.Error as error:
         raise PeptideOptError(f"database upgrade failed: {error}") from error
     return applied_now

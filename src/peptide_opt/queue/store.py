@@ -2,7 +2,7 @@
 
 :class:`QueueStore` runs the named statements of ``sql/queries.sql`` on one autocommit
 connection shared by the worker's threads (psycopg serializes them), with every
-statement prepared on the server. :class:`Listener` holds the second connection,
+statement prepared on the server. :class:`Listener` owns the second connection,
 which only LISTENs. Both reconnect with backoff when the database goes away.
 """
 
@@ -50,7 +50,7 @@ class ClaimedTask:
 
 @dataclasses.dataclass(frozen=True)
 class ClaimPolicy:
-    """What a worker claims: its task types, lease and limits."""
+    """A worker's claim settings: its task types, lease and limits."""
 
     worker_id: str
     task_types: tuple[str, ...]
@@ -62,7 +62,7 @@ class ClaimPolicy:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended, as :func:`peptide_opt_finish_v1` takes it."""
+    """The end of an attempt, in the terms of the SQL function peptide_opt_finish_v1."""
 
     outcome: str
     retryable: bool = False
@@ -73,7 +73,7 @@ class Outcome:
 
 @dataclasses.dataclass(frozen=True)
 class Heartbeat:
-    """What a heartbeat returned."""
+    """The result of one heartbeat."""
 
     paused: bool
     ready: bool
@@ -221,9 +221,10 @@ class QueueStore:
         identity: dict[str, Any],
         status: str,
         max_workers: int,
-        held: Iterable[ClaimedTask],
+        held_tasks: Iterable[ClaimedTask],
     ) -> Heartbeat:
-        held = list(held)
+        """Record the heartbeat and renew the leases of ``held_tasks``."""
+        held_tasks = list(held_tasks)
         row = self.execute(
             "heartbeat",
             {
@@ -232,8 +233,8 @@ class QueueStore:
                 "status": status,
                 "max_workers": max_workers,
                 "task_types": list(policy.task_types),
-                "task_ids": [task.task_id for task in held],
-                "attempts": [task.attempt for task in held],
+                "task_ids": [task.task_id for task in held_tasks],
+                "attempts": [task.attempt for task in held_tasks],
                 "lease_seconds": policy.lease_seconds,
             },
         )[0]
@@ -289,9 +290,11 @@ def _claimed(row: dict[str, Any]) -> ClaimedTask:
 
 
 class Listener:
-    """A connection that LISTENs on the queue's channels and calls back on each
-    notification, reconnecting with backoff; ``on_reconnect`` runs after each
-    reconnect, because notifications sent while it was away are lost."""
+    """A connection that LISTENs on the queue's channels and calls ``on_notify``.
+
+    It reconnects with backoff and then calls ``on_reconnect``, because
+    notifications sent while it was away are lost.
+    """
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ from peptide_opt.worker.loop import Worker, WorkerOptions, new_worker_id
 from peptide_opt.worker.registry import handler_specs
 
 # A worker's row counts as live while its heartbeat is this recent. An idle worker
-# beats at least every 15 s, so this allows three missed beats.
+# beats at least every 20 s, so this allows two missed beats.
 LIVE_WINDOW_S = 60.0
 
 # EXECUTOR=celery runs this module's run_celery_worker(args) instead.
@@ -73,12 +73,16 @@ def run_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.max_workers is not None:
         if args.max_workers < 1:
-            raise InputError(f"--max-workers must be at least 1, got {args.max_workers}")
+            raise InputError(
+                f"--max-workers must be at least 1, got {args.max_workers}"
+            )
         settings = dataclasses.replace(settings, max_workers=args.max_workers)
     if args.retry_delay < 0:
         raise InputError(f"--retry-delay must be at least 0, got {args.retry_delay:g}")
     if args.recycle_after < 1:
-        raise InputError(f"--recycle-after must be at least 1, got {args.recycle_after}")
+        raise InputError(
+            f"--recycle-after must be at least 1, got {args.recycle_after}"
+        )
     if settings.executor == "celery":
         return _run_celery_worker(args)
 
@@ -129,7 +133,10 @@ def run_list_workers(args: argparse.Namespace) -> int:
         print(f"{row['worker_id']:<44} {row['status']:<6} {tasks:>7} {heartbeat}")
     counts = {row["status"]: row["n_tasks"] for row in depth}
     statuses = ("pending", "processing", "finished", "failed", "cancelled")
-    print("tasks: " + ", ".join(f"{status} {counts.get(status, 0)}" for status in statuses))
+    print(
+        "tasks: "
+        + ", ".join(f"{status} {counts.get(status, 0)}" for status in statuses)
+    )
     return 0
 
 

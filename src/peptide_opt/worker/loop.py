@@ -12,7 +12,6 @@ poll.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 import os
 import queue
@@ -43,8 +42,8 @@ logger = logging.getLogger(__name__)
 # How often a busy worker renews its leases: a third of the lease, at most 5 s.
 _MAX_BUSY_HEARTBEAT_S = 5.0
 # An idle worker's heartbeat, which also polls for tasks and recovers expired leases.
-# 15 s keeps a waiting worker at about 0.07 queries per second.
-_MAX_IDLE_HEARTBEAT_S = 15.0
+# 20 s keeps a waiting worker at 0.05 queries per second.
+_MAX_IDLE_HEARTBEAT_S = 20.0
 # How often a slot looks at its running task (cancel, timeout, lease, shutdown).
 _WATCH_INTERVAL_S = 0.25
 _MEMORY_CHECK_INTERVAL_S = 1.0
@@ -307,8 +306,8 @@ class Slot:
         self.wake = threading.Event()
         self.current: ClaimedTask | None = None
         self.process: TaskProcess | None = None
-        # A process started ahead to replace one due for recycling; it takes over
-        # once its imports are done, so no task waits for a process to start.
+        # A process started ahead to replace one that is due for recycling. It takes
+        # over once its imports are done, so that no task waits for a process start.
         self.spare: TaskProcess | None = None
         self.thread = threading.Thread(
             target=self._run, name=f"peptide-opt-slot-{index}", daemon=True

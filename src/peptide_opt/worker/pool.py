@@ -132,7 +132,7 @@ class TaskProcess:
         Raises :class:`TaskProcessDied` when the process exits first.
         """
         # The task process's exit makes the pipe readable (end of file) at once,
-        # unless a program it forked still holds the pipe: the liveness check after
+        # unless a program it forked keeps the pipe open. The liveness check after
         # each timeout covers that case.
         if not self._pipe.poll(timeout):
             if self._process.is_alive():

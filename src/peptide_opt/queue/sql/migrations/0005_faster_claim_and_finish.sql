@@ -1,4 +1,4 @@
--- Faster versions of the claim, the finish, the recovery and the heartbeat, with the signatures,
+-- Faster claim, finish, recovery and heartbeat functions with the signatures,
 -- arguments and results of 0004, so workers of either version call them alike.
 -- The finish writes the task row once (one new row version instead of two), and an
 -- attempt's row in task_attempts is written once, when the attempt ends: by the

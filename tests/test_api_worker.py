@@ -109,6 +109,7 @@ def test_task_runs_end_to_end(api_server, api_users, api_worker, database_url, t
 
     assert 'peptide_opt_tasks{status="finished"} 1.0' in metrics
     assert "peptide_opt_task_duration_seconds_count 1.0" in metrics
+    assert 'peptide_opt_finished_step_tasks{step="dock"} 1.0' in metrics
     live = [line for line in metrics if line.startswith("peptide_opt_live_workers{")]
     assert sum(float(line.split()[-1]) for line in live) >= 1
 

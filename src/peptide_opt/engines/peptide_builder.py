@@ -31,12 +31,12 @@ BACKBONE_STATES: dict[str, tuple[float, float]] = {
 }
 
 #: Ramachandran basins of random conformers: (phi, psi) centre in degrees and weight.
-#: The weights are rough basin populations of residues in coil regions of protein
-#: structures (beta and PPII together about 60%, alpha-R about 35%, alpha-L 5%).
+#: Peptides bound to proteins are mostly extended, so beta and polyproline II take 80%;
+#: alpha-R (15%) and alpha-L (5%) allow turns and helical stretches.
 RAMACHANDRAN_BASINS: tuple[tuple[float, float, float], ...] = (
-    (-120.0, 130.0, 0.30),
-    (-70.0, 145.0, 0.30),
-    (-65.0, -40.0, 0.35),
+    (-120.0, 130.0, 0.40),
+    (-70.0, 145.0, 0.40),
+    (-65.0, -40.0, 0.15),
     (60.0, 40.0, 0.05),
 )
 

@@ -52,8 +52,16 @@ CONTACT_DISTANCE = 3.3
 
 N_PASSES = 2
 
+#: Penalty (Å^2 per Å) of a side-chain atom outside the docking box.
+OUTSIDE_WEIGHT = 100.0
 
-def pack_side_chains(mol: Chem.Mol, receptor_xyz: np.ndarray, conf_id: int = -1) -> float:
+
+def pack_side_chains(
+    mol: Chem.Mol,
+    receptor_xyz: np.ndarray,
+    box: tuple[np.ndarray, np.ndarray] | None = None,
+    conf_id: int = -1,
+) -> float:
     """Set each side chain of ``mol`` to its best-fitting staggered rotamer, in place.
 
     Parameters
@@ -62,6 +70,9 @@ def pack_side_chains(mol: Chem.Mol, receptor_xyz: np.ndarray, conf_id: int = -1)
         Peptide with PDB residue information; its backbone stays where it is.
     receptor_xyz
         Receptor heavy-atom coordinates (n, 3) in Å.
+    box
+        Lower and upper corners (Å) of the docking box. Atoms outside it add
+        ``OUTSIDE_WEIGHT`` per Å, because Vina rejects a ligand that leaves its grid.
     conf_id
         Conformer to change.
 
@@ -93,7 +104,7 @@ def pack_side_chains(mol: Chem.Mol, receptor_xyz: np.ndarray, conf_id: int = -1)
                 for chi, angle in zip(chis, angles):
                     indices = [names[atom] for atom in chi]
                     rdMolTransforms.SetDihedralDeg(conformer, *indices, angle)
-                penalty = _overlap(conformer, moving, others, receptor_tree)
+                penalty = _overlap(conformer, moving, others, receptor_tree, box)
                 if penalty < best_penalty:
                     best_penalty, best_angles = penalty, angles
             for chi, angle in zip(chis, best_angles):
@@ -134,10 +145,14 @@ def _overlap(
     moving: np.ndarray,
     others: np.ndarray,
     receptor_tree: cKDTree,
+    box: tuple[np.ndarray, np.ndarray] | None,
 ) -> float:
     xyz = conformer.GetPositions()
     moving_xyz = xyz[moving]
     penalty = 0.0
+    if box is not None:
+        outside = np.clip(box[0] - moving_xyz, 0, None) + np.clip(moving_xyz - box[1], 0, None)
+        penalty += OUTSIDE_WEIGHT * float(outside.sum())
     for neighbours, point in zip(
         receptor_tree.query_ball_point(moving_xyz, CONTACT_DISTANCE), moving_xyz
     ):

@@ -10,12 +10,18 @@ for Vina's Monte Carlo. The search here is split into stages instead:
 2. **Rigid backbone docking.** Each backbone, with side chains cut back to CB, is docked
    as a rigid body (no torsions) on Vina grid maps computed once per receptor and box.
    Rigid-body docking of about 40 atoms converges in tens of thousands of evaluations.
-3. **Side chains and refinement.** The best distinct placements get their side chains
-   back, set to the staggered rotamers that fit the receptor best
-   (:mod:`peptide_opt.engines.side_chains`), and are optimized locally by Vina with
-   every torsion free (backbone and side chains).
-4. **Clustering.** Poses are ranked by Vina energy and kept only when their backbone
-   lies at least 2 Å RMSD from every better pose.
+3. **Side chains.** The best placements, at least 2 Å backbone RMSD apart, get their
+   side chains back, set to the staggered rotamers that fit the receptor best
+   (:mod:`peptide_opt.engines.side_chains`). ``docking_affinity`` is the rigid
+   search's Vina energy of the CB-truncated backbone.
+4. **Local flexible refinement** (the ``score`` step). Vina optimizes each pose
+   locally with every torsion free, backbone and side chains; its energy is the
+   pose's ``affinity``.
+
+Each Vina ligand costs a set-up that grows with the square of its atom count (Vina
+1.2.7 tabulates every intramolecular atom pair when the ligand is set; about 1-2 s of
+CPU time for a 7-residue peptide), so the stages keep the number of ligands small:
+one per backbone conformer and one per pose.
 
 Every Vina call goes through grid maps (``no_refine=True``), so docking, local
 optimization and scoring use the same energy surface. The affinity reported is Vina's
@@ -76,16 +82,13 @@ class SearchSettings:
 
     ``n_random_backbones`` random backbones join the three named states;
     ``exhaustiveness`` Monte Carlo runs of at most ``max_evals`` energy evaluations
-    each dock one backbone; ``poses_per_backbone`` placements of each backbone go on to
-    refinement selection, and ``refine_factor`` times ``n_poses`` distinct placements
-    are refined with all torsions free.
+    each dock one backbone, which yields up to ``poses_per_backbone`` placements.
     """
 
     n_random_backbones: int = 9
     exhaustiveness: int = 8
     max_evals: int = 30000
     poses_per_backbone: int = 9
-    refine_factor: float = 1.5
 
 
 @dataclasses.dataclass
@@ -113,7 +116,7 @@ class VinaDockingEngine:
     name = "vina"
     version = vina_package.__version__
 
-    def __init__(self, settings: SearchSettings | None = None, cache_size: int = 2):
+    def __init__(self, settings: SearchSettings | None = None, cache_size: int = 1):
         self.settings = settings or SearchSettings()
         self._grids: OrderedDict[tuple, Vina] = OrderedDict()
         self._cache_size = cache_size
@@ -144,33 +147,34 @@ class VinaDockingEngine:
             candidates.extend(self._dock_backbone(grid, label, conformer))
         if not candidates:
             raise EngineError("Vina returned no pose for any backbone conformer")
-        searched = time.perf_counter()
 
-        n_refine = max(n_poses, int(np.ceil(self.settings.refine_factor * n_poses)))
-        leaders = _cluster(candidates, CLUSTER_RMSD, n_refine)
-        refined = []
-        for candidate in leaders:
-            side_chains.pack_side_chains(candidate.mol, receptor_xyz)
-            energy, mol = self.optimize(grid, candidate.mol)
-            refined.append(
-                Candidate(energy, candidate.label, mol, _backbone_xyz(mol))
-            )
-        kept = _cluster(refined, CLUSTER_RMSD, n_poses)
+        # Side chains go back on the best distinct placements; a placement whose side
+        # chains cannot all stay inside the grid is skipped for the next one.
+        box = _box_corners(site, inset=0.5)
+        kept = []
+        for candidate in _cluster(candidates, CLUSTER_RMSD, len(candidates)):
+            side_chains.pack_side_chains(candidate.mol, receptor_xyz, box)
+            if not _inside(candidate.mol, box):
+                logger.debug("vina_candidate_outside_box template=%s", candidate.label)
+                continue
+            kept.append(candidate)
+            if len(kept) == n_poses:
+                break
         logger.info(
-            "vina_dock_finished backbones=%d candidates=%d refined=%d poses=%d "
-            "search_s=%.1f refine_s=%.1f",
+            "vina_dock_finished backbones=%d candidates=%d poses=%d duration_s=%.1f",
             len(ensemble),
             len(candidates),
-            len(refined),
             len(kept),
-            searched - started,
-            time.perf_counter() - searched,
+            time.perf_counter() - started,
         )
         return [
             Pose(
                 peptide_pdb=peptide_builder.to_pdb(candidate.mol),
                 docking_affinity=candidate.energy,
-                detail={"backbone_template": candidate.label},
+                detail={
+                    "backbone_template": candidate.label,
+                    "search": "rigid backbone, side chains cut to CB",
+                },
             )
             for candidate in kept
         ]
@@ -402,6 +406,18 @@ def _receptor_heavy_xyz(pdb_text: str) -> np.ndarray:
             if element.upper() not in ("H", "D"):
                 rows.append((float(line[30:38]), float(line[38:46]), float(line[46:54])))
     return np.array(rows)
+
+
+def _box_corners(site: Site, inset: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return the lower and upper corners (Å) of the box shrunk by ``inset`` per side."""
+    center = np.array(site.center)
+    half = np.array(site.size) / 2.0 - inset
+    return center - half, center + half
+
+
+def _inside(mol: Chem.Mol, box: tuple[np.ndarray, np.ndarray]) -> bool:
+    xyz = mol.GetConformer().GetPositions()
+    return bool(np.all(xyz >= box[0]) and np.all(xyz <= box[1]))
 
 
 def _backbone_indices(mol: Chem.Mol) -> list[int]:

@@ -1,1 +1,1 @@
-"""Workers: the loop that claims tasks from PostgreSQL and the process pool that runs them."""
+"""Workers: the loop that claims tasks from PostgreSQL and the pool that runs them."""

@@ -35,7 +35,13 @@ from peptide_opt.queue.store import (
     utc_now,
 )
 from peptide_opt.settings import Settings
-from peptide_opt.worker.pool import StepReport, TaskProcess, TaskProcessDied, TaskResult
+from peptide_opt.worker.pool import (
+    LogConfig,
+    StepReport,
+    TaskProcess,
+    TaskProcessDied,
+    TaskResult,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +101,11 @@ class Worker:
             "started_at": utc_now(),
         }
         self.cores_per_task = max(1, settings.worker_cores // settings.max_workers)
+        self.log_config = LogConfig(
+            logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            settings.log_format,
+            self.worker_id,
+        )
         self.store = QueueStore(
             settings.database_url, self._database_give_up, fast_commits=True
         )
@@ -333,7 +344,9 @@ class Slot:
 
     def start_process(self) -> None:
         self.process = TaskProcess(
-            self.worker.handler_specs, self.worker.cores_per_task
+            self.worker.handler_specs,
+            self.worker.cores_per_task,
+            self.worker.log_config,
         )
 
     def stop_process(self) -> None:
@@ -496,7 +509,9 @@ class Slot:
             and self.process.n_tasks >= self.worker.options.recycle_after_tasks
         ):
             self.spare = TaskProcess(
-                self.worker.handler_specs, self.worker.cores_per_task
+                self.worker.handler_specs,
+                self.worker.cores_per_task,
+                self.worker.log_config,
             )
         return outcome
 

@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import psutil
 
 from peptide_opt.errors import InputError, PeptideOptError, TaskCancelled
 from peptide_opt.worker.context import TaskContext
+from peptide_opt.worker.logs import configure_logging
 from peptide_opt.worker.registry import load_handler
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,29 @@ _CONTEXT = multiprocessing.get_context("spawn")
 
 # The first message of every task process: its imports are done and it waits for tasks.
 _READY = "ready"
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    """How a task process logs: the worker's level, format and id."""
+
+    level: str
+    log_format: str
+    worker_id: str
+
+
+class TaskIdFilter(logging.Filter):
+    """Add the running task's id to every record of a task process."""
+
+    task_id: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.task_id is not None and not hasattr(record, "task_id"):
+            record.task_id = self.task_id
+        return True
+
+
+_TASK_ID_FILTER = TaskIdFilter()
 
 
 class TaskProcessDied(Exception):
@@ -72,14 +95,19 @@ class StepReport:
 class TaskProcess:
     """One pool process and the pipe to it."""
 
-    def __init__(self, handler_specs: dict[str, str], cores: int) -> None:
+    def __init__(
+        self,
+        handler_specs: dict[str, str],
+        cores: int,
+        log_config: LogConfig | None = None,
+    ) -> None:
         self._handler_specs = handler_specs
         self._cores = cores
         self.n_tasks = 0
         self._pipe, child_end = _CONTEXT.Pipe()
         self._process = _CONTEXT.Process(
             target=_child_main,
-            args=(child_end, handler_specs, cores),
+            args=(child_end, handler_specs, cores, log_config),
             name="peptide-opt-task",
         )
         self._process.start()
@@ -193,6 +221,7 @@ def _child_main(
     pipe: multiprocessing.connection.Connection,
     handler_specs: dict[str, str],
     cores: int,
+    log_config: LogConfig | None,
 ) -> None:
     os.setsid()
     _die_with_parent()
@@ -201,6 +230,13 @@ def _child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in _THREAD_VARIABLES:
         os.environ[name] = str(cores)
+    if log_config is not None:
+        # The pipeline's log events and warnings reach the worker's stderr with the
+        # worker id and the task id on each line.
+        configure_logging(log_config.level, log_config.log_format, log_config.worker_id)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_TASK_ID_FILTER)
+        logging.captureWarnings(True)
 
     handlers: dict[str, Any] = {}
     pipe.send(_READY)
@@ -211,7 +247,9 @@ def _child_main(
             return
         if kind == "stop":
             return
+        _TASK_ID_FILTER.task_id = payload["task_id"]
         result = _run_task(pipe, payload, handler_specs, handlers, cores)
+        _TASK_ID_FILTER.task_id = None
         pipe.send(result)
 
 
@@ -271,7 +309,10 @@ def _run_task(
     except MemoryError:
         return TaskResult(ok=False, error="task ran out of memory", outcome="memory")
     except Exception as error:  # noqa: BLE001 - any handler error fails the task
-        traceback.print_exc()
+        logger.exception(
+            "task_internal_error",
+            extra={"task_id": payload["task_id"], "error": repr(error)},
+        )
         return TaskResult(
             ok=False,
             error=f"internal error: {type(error).__name__}: {error}",

@@ -1,0 +1,109 @@
+"""Tests of the ``dock`` and ``score`` steps with AutoDock Vina on 1CZY.
+
+The receptor is 1CZY chain A from the prepare step; chain B (PQQATDD) marks the site.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from peptide_opt.config import build_config
+from peptide_opt.engines.vina import SearchSettings, VinaDockingEngine, receptor_pdbqt
+from peptide_opt.pipeline.dock import dock_peptide
+from peptide_opt.pipeline.model import build_peptide_model
+from peptide_opt.pipeline.score import score_poses
+from peptide_opt.pipeline.site import find_site
+
+pytestmark = pytest.mark.slow
+
+#: Best-of-10 backbone RMSD bound (Å). bench/docking_accuracy.py measured 3.02 Å
+#: with docking_seed 37 on this receptor; 0.5 Å allows for floating-point
+#: differences between machines without letting a broken search (poses 6-14 Å off)
+#: pass.
+BEST_OF_10_RMSD_BOUND = 3.5
+
+
+def backbone(pdb_text: str) -> np.ndarray:
+    atoms = {}
+    for line in pdb_text.splitlines():
+        if line.startswith("ATOM"):
+            atoms[(int(line[22:26]), line[12:16].strip())] = [
+                float(line[30:38]), float(line[38:46]), float(line[46:54])
+            ]
+    return np.array(
+        [atoms[(n, name)] for n in range(1, 8) for name in ("N", "CA", "C", "O")]
+    )
+
+
+@pytest.fixture(scope="module")
+def czy_scored(czy_site_receptor):
+    config = build_config({"site_chain": "B", "n_poses": 10, "docking_seed": 37})
+    engine = VinaDockingEngine()
+    peptide = build_peptide_model("PQQATDD", seed=37)
+    site = find_site(czy_site_receptor, config)
+    poses = dock_peptide(czy_site_receptor, peptide, site, config, cores=2, engine=engine)
+    docked = [(pose.peptide_pdb, pose.docking_affinity) for pose in poses]
+    ranked = score_poses(czy_site_receptor, site, poses, cores=2, engine=engine)
+    return docked, ranked
+
+
+def test_dock_returns_ten_poses(czy_scored):
+    docked, ranked = czy_scored
+    assert len(docked) == 10
+    assert [pose.rank for pose in ranked] == list(range(1, 11))
+
+
+def test_score_affinities_negative_and_sorted(czy_scored):
+    _, ranked = czy_scored
+    affinities = [pose.affinity for pose in ranked]
+    assert all(affinity < 0 for affinity in affinities)
+    assert affinities == sorted(affinities)
+
+
+def test_dock_best_of_ten_near_crystal(czy_scored, czy_crystal_backbone):
+    _, ranked = czy_scored
+    deviations = [
+        float(np.sqrt(np.mean(np.sum((backbone(p.peptide_pdb) - czy_crystal_backbone) ** 2, 1))))
+        for p in ranked
+    ]
+    assert min(deviations) < BEST_OF_10_RMSD_BOUND
+
+
+def test_pose_pdb_has_standard_names(czy_scored):
+    _, ranked = czy_scored
+    lines = [line for line in ranked[0].peptide_pdb.splitlines() if line.startswith("ATOM")]
+    assert {line[21] for line in lines} == {"A"}
+    assert sorted({int(line[22:26]) for line in lines}) == list(range(1, 8))
+    names = {(int(line[22:26]), line[12:16].strip()) for line in lines}
+    for number in range(1, 8):
+        for name in ("N", "CA", "C", "O"):
+            assert (number, name) in names
+    assert (7, "OXT") in names
+    assert (2, "HE21") in names
+    assert any(line[76:78].strip() == "H" for line in lines)
+
+
+def test_dock_same_seed_same_poses(czy_site_receptor):
+    # A small search (one random backbone, three poses) keeps the test short; the
+    # same seed must give identical coordinates and energies.
+    config = build_config({"site_chain": "B", "n_poses": 3, "docking_seed": 11})
+    site = find_site(czy_site_receptor, config)
+    peptide = build_peptide_model("PQQATDD", seed=11)
+    settings = SearchSettings(n_random_backbones=1)
+    runs = []
+    for _ in range(2):
+        engine = VinaDockingEngine(settings)
+        poses = dock_peptide(czy_site_receptor, peptide, site, config, cores=2, engine=engine)
+        runs.append([(pose.peptide_pdb, pose.docking_affinity) for pose in poses])
+    assert len(runs[0]) == 3
+    assert runs[0] == runs[1]
+
+
+def test_receptor_pdbqt_types(czy_site_receptor):
+    text = receptor_pdbqt(czy_site_receptor.pdb_text)
+    types = {line[77:79].strip() for line in text.splitlines() if line.startswith("ATOM")}
+    # Protein atoms in AutoDock 4 types: polar hydrogens (HD) stay, non-polar ones are
+    # merged into their carbons.
+    assert {"C", "A", "N", "OA", "HD"} <= types
+    assert "H" not in types

@@ -111,7 +111,12 @@ def run_pipeline(
     log_mode = "a" if (from_step or only_step or resume) else "w"
     with _run_log(output_dir / "run.log", log_mode):
         run = _PipelineRun(inputs, output_dir, max(1, cores), on_step, on_checkpoint)
-        return run.execute(resume=resume, from_step=from_step, only_step=only_step)
+        result = run.execute(resume=resume, from_step=from_step, only_step=only_step)
+    # The manifest comes last, once run.log is closed, so it lists every file as it
+    # stays.
+    if result is not None:
+        outputs.write_manifest(output_dir)
+    return result
 
 
 class _PipelineRun:
@@ -185,10 +190,10 @@ class _PipelineRun:
         result["timings"] = dict(self.timings)
         result["resumed_steps"] = list(self.resumed)
         result["timings"]["total"] = round(time.perf_counter() - total_start, 3)
-        self._write_outputs(result)
         if self.config.cleanup:
             self.checkpoints.clear()
         logger.info("job_finished duration=%.2fs", result["timings"]["total"])
+        self._write_outputs(result)
         return result
 
     def _applies(self, name: str) -> bool:
@@ -360,17 +365,10 @@ class _PipelineRun:
         outputs.write_designs_fasta(directory / "designs.fasta", result)
         outputs.write_result_csv(directory / "result.csv", result)
         outputs.write_result_json(directory / "result.json", result)
-        _flush_run_log()
-        outputs.write_manifest(directory)
 
 
 def _complexes_of(result: dict[str, Any]) -> list[assemble.AssembledComplex]:
     raise InputError("the assemble checkpoint is missing; run the job from --from-step assemble")
-
-
-def _flush_run_log() -> None:
-    for handler in logging.getLogger("peptide_opt").handlers:
-        handler.flush()
 
 
 @contextlib.contextmanager

@@ -295,6 +295,7 @@ def test_submit_json_names_uploads(api_server, api_users, database_url):
     own = f"uploads/{judy.user_id}/models/receptor.pdb"
     storage_call(env, "write_bytes", own, COMPLEX.read_bytes())
     storage_call(env, "write_text", f"uploads/{judy.user_id}/p.fasta", PEPTIDE_FASTA)
+
     with api_server.client(judy) as client:
         by_text = client.post(
             "/v1/tasks",

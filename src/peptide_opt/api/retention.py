@@ -1,7 +1,7 @@
 """Retention: delete the files of tasks that ended more than RETENTION_DAYS ago.
 
-The rows stay (the platform reads their status); the task is recorded in
-``api_expired_tasks`` so that its result routes return 410 and the sweep skips it.
+The rows stay, because the platform reads their status. The task is recorded in
+``api_expired_tasks``, so its result routes return 410 and the sweep skips it.
 Several API processes may sweep at once: deleting a prefix twice is harmless. The same
 hourly loop deletes the submission rate counters of past minutes.
 """

@@ -312,6 +312,7 @@ def test_submit_json_names_uploads(api_server, api_users, database_url):
         both = client.post(
             "/v1/tasks", json={"receptor_key": own, "peptide": "PQQ", "peptide_key": own}
         )
+
     assert by_text.status_code == 201, by_text.text
     assert by_key.status_code == 201, by_key.text
     task = by_text.json()
@@ -462,11 +463,13 @@ def test_platform_rows_readable(api_server, api_users, database_url):
         other_type,
         user.user_id,
     )
+
     with api_server.client(user) as client:
         task = client.get(f"/v1/tasks/{task_id}")
         listing = client.get("/v1/tasks").json()
         foreign = client.get(f"/v1/tasks/{other_type}")
         cancel_foreign = client.post(f"/v1/tasks/{other_type}/cancel")
+
     assert task.status_code == 200
     assert task.json()["progress"] == 0
     assert [item["id"] for item in listing["tasks"]] == [task_id]

@@ -39,6 +39,12 @@ def main() -> int:
     parser.add_argument("--designs", type=int, default=10, help="designs per pose")
     parser.add_argument("--cores", type=int, default=2, help="CPU cores to use")
     parser.add_argument(
+        "--cache",
+        type=Path,
+        help="folder that keeps each case's scored poses and designs between runs, so "
+        "that a rerun measures the rescore step only",
+    )
+    parser.add_argument(
         "--threading-only",
         action="store_true",
         help="time threading on the 1CZY crystal pose only (no docking, no Vina)",
@@ -49,7 +55,7 @@ def main() -> int:
         return 0
     cases = ("1czy", "5ffg") if args.case == "all" else (args.case,)
     for case in cases:
-        run_case(case, args.poses, args.designs, args.cores)
+        run_case(case, args.poses, args.designs, args.cores, args.cache)
     return 0
 
 
@@ -67,16 +73,17 @@ def case_inputs(case: str, n_poses: int, n_designs: int):
     return load_job_folder(EXAMPLES / "5ffg", overrides)
 
 
-def run_case(case: str, n_poses: int, n_designs: int, cores: int) -> None:
-    from peptide_opt.pipeline.dock import dock_peptide
-    from peptide_opt.pipeline.model import build_peptide_model
-    from peptide_opt.pipeline.score import score_poses
-
+def run_case(
+    case: str, n_poses: int, n_designs: int, cores: int, cache: Path | None
+) -> None:
     from peptide_opt.engines.base import get_engine
     from peptide_opt.pipeline.assemble import assemble_complex
     from peptide_opt.pipeline.design import design_poses
+    from peptide_opt.pipeline.dock import dock_peptide
+    from peptide_opt.pipeline.model import build_peptide_model
     from peptide_opt.pipeline.prepare import prepare_receptor
     from peptide_opt.pipeline.rescore import DesignScore, choose_design, rescore_designs
+    from peptide_opt.pipeline.score import score_poses
     from peptide_opt.pipeline.site import find_site
 
     inputs = case_inputs(case, n_poses, n_designs)
@@ -90,15 +97,21 @@ def run_case(case: str, n_poses: int, n_designs: int, cores: int) -> None:
         timings[name] = time.perf_counter() - start
         return value
 
-    receptor = timed("prepare", prepare_receptor, inputs.receptor_path, config)
-    model = timed("model", build_peptide_model, inputs.peptide, config.docking_seed)
-    site = timed("site", find_site, receptor, config)
-    poses = timed("dock", dock_peptide, receptor, model, site, config, cores)
-    poses = timed("score", score_poses, receptor, site, poses, cores)
-    complexes = timed(
-        "assemble", lambda: [assemble_complex(receptor, pose) for pose in poses]
-    )
-    designs = timed("design", design_poses, [c.text for c in complexes], config)
+    cached = _load_cache(cache, case, n_poses, n_designs)
+    if cached is None:
+        receptor = timed("prepare", prepare_receptor, inputs.receptor_path, config)
+        model = timed("model", build_peptide_model, inputs.peptide, config.docking_seed)
+        site = timed("site", find_site, receptor, config)
+        poses = timed("dock", dock_peptide, receptor, model, site, config, cores)
+        poses = timed("score", score_poses, receptor, site, poses, cores)
+        complexes = timed(
+            "assemble", lambda: [assemble_complex(receptor, pose) for pose in poses]
+        )
+        designs = timed("design", design_poses, [c.text for c in complexes], config)
+        _save_cache(cache, case, n_poses, n_designs, receptor, site, poses, designs)
+    else:
+        receptor, site, poses, designs = cached
+        print(f"  (poses and designs of {case} read from {cache})")
     scores = timed(
         "rescore",
         rescore_designs,
@@ -146,6 +159,51 @@ def run_case(case: str, n_poses: int, n_designs: int, cores: int) -> None:
             f"{pose_designs.native_score:.3f})"
         )
     sys.stdout.flush()
+
+
+def _cache_path(cache: Path, case: str, n_poses: int, n_designs: int) -> Path:
+    return cache / f"{case}-{n_poses}x{n_designs}.json"
+
+
+def _save_cache(cache, case, n_poses, n_designs, receptor, site, poses, designs):
+    if cache is None:
+        return
+    import dataclasses
+    import json
+
+    cache.mkdir(parents=True, exist_ok=True)
+    state = {
+        "receptor": dataclasses.asdict(receptor) | {"site_marker_xyz": None},
+        "site": dataclasses.asdict(site),
+        "poses": [dataclasses.asdict(pose) for pose in poses],
+        "designs": [dataclasses.asdict(item) for item in designs],
+    }
+    _cache_path(cache, case, n_poses, n_designs).write_text(json.dumps(state))
+
+
+def _load_cache(cache, case, n_poses, n_designs):
+    if cache is None or not _cache_path(cache, case, n_poses, n_designs).is_file():
+        return None
+    import json
+
+    from peptide_opt.pipeline.types import Design, Pose, PoseDesigns, Receptor, Site
+
+    state = json.loads(_cache_path(cache, case, n_poses, n_designs).read_text())
+    receptor = Receptor(**state["receptor"])
+    receptor.chain_ids = tuple(receptor.chain_ids)
+    site_state = state["site"]
+    site = Site(
+        tuple(site_state["center"]),
+        tuple(site_state["size"]),
+        site_state["source"],
+        site_state["detail"],
+    )
+    poses = [Pose(**pose) for pose in state["poses"]]
+    designs = []
+    for item in state["designs"]:
+        item["designs"] = [Design(**design) for design in item["designs"]]
+        designs.append(PoseDesigns(**item))
+    return receptor, site, poses, designs
 
 
 def time_threading(n_designs: int) -> None:

@@ -51,7 +51,7 @@ MAX_BUILD_ATTEMPTS = 50
 
 @dataclasses.dataclass(frozen=True)
 class BackboneAtoms:
-    """Atom indices of one residue's backbone; ``None`` where the atom is absent."""
+    """Atom indices of one residue's backbone atoms N, CA, C and O."""
 
     n: int
     ca: int
@@ -84,10 +84,6 @@ def build_peptide(sequence: str) -> Chem.Mol:
     return mol
 
 
-def _atom_name(atom: Chem.Atom) -> str:
-    return atom.GetPDBResidueInfo().GetName().strip()
-
-
 def _ionize(mol: Chem.RWMol, n_residues: int) -> None:
     """Set the formal charges of the ionizable groups (states near pH 7)."""
     for atom in mol.GetAtoms():
@@ -99,8 +95,10 @@ def _ionize(mol: Chem.RWMol, n_residues: int) -> None:
             atom.SetFormalCharge(1)
         elif name == "OXT" and number == n_residues:
             atom.SetFormalCharge(-1)
-        elif (residue, name) in (("ASP", "OD2"), ("GLU", "OE2"), ("LYS", "NZ")):
-            atom.SetFormalCharge(-1 if residue != "LYS" else 1)
+        elif (residue, name) in (("ASP", "OD2"), ("GLU", "OE2")):
+            atom.SetFormalCharge(-1)
+        elif (residue, name) == ("LYS", "NZ"):
+            atom.SetFormalCharge(1)
         elif residue == "ARG" and name in ("NH1", "NH2"):
             # The guanidinium charge goes on the nitrogen that RDKit drew double-bonded.
             for bond in atom.GetBonds():
@@ -175,19 +173,6 @@ def backbone_atoms(mol: Chem.Mol) -> list[BackboneAtoms]:
             by_residue.setdefault(info.GetResidueNumber(), {})[name] = atom.GetIdx()
     return [BackboneAtoms(**{k.lower(): v for k, v in by_residue[number].items()})
             for number in sorted(by_residue)]
-
-
-def backbone_rotatable_bonds(mol: Chem.Mol) -> list[tuple[int, int]]:
-    """Return the N-CA (phi) and CA-C (psi) bonds as atom index pairs.
-
-    Proline's N-CA bond lies in its ring and is left out.
-    """
-    bonds = []
-    for residue in backbone_atoms(mol):
-        if not mol.GetAtomWithIdx(residue.n).IsInRing():
-            bonds.append((residue.n, residue.ca))
-        bonds.append((residue.ca, residue.c))
-    return bonds
 
 
 def embed(mol: Chem.Mol, seed: int) -> int:

@@ -18,10 +18,16 @@ for Vina's Monte Carlo. The search here is split into stages instead:
    locally with every torsion free, backbone and side chains; its energy is the
    pose's ``affinity``.
 
-Each Vina ligand costs a set-up that grows with the square of its atom count (Vina
-1.2.7 tabulates every intramolecular atom pair when the ligand is set; about 1-2 s of
-CPU time for a 7-residue peptide), so the stages keep the number of ligands small:
-one per backbone conformer and one per pose.
+Setting a Vina ligand costs time and memory that grow with the square of its atom
+count, because Vina 1.2.7 tabulates every intramolecular atom pair. The stages
+therefore set few ligands: one per backbone conformer and one per pose.
+
+NOTE: ``bench/vina_ligand_cost.py`` measured the peak memory of setting one ligand at
+about 0.30 MB per squared PDBQT atom count: 1.3 GB for PQQATDD (67 atoms) and 4.6 GB
+for the CB-truncated 21-residue peptide of 5FFG (125 atoms). The full 21-residue
+peptide (201 atoms) would need about 12 GB, so :func:`_set_ligand` raises
+:class:`EngineError` above ``MAX_LIGAND_MEMORY_MB``. Long peptides need a scoring path
+that does not tabulate every atom pair.
 
 Every Vina call goes through grid maps (``no_refine=True``), so docking, local
 optimization and scoring use the same energy surface. The affinity reported is Vina's
@@ -75,14 +81,21 @@ CLASH_BOND_DISTANCE = 1.7
 #: Poses closer than this backbone RMSD (Å, no superposition) are one cluster.
 CLUSTER_RMSD = 2.0
 
+#: Peak memory (MB) of setting a Vina 1.2.7 ligand per squared PDBQT atom count,
+#: measured by bench/vina_ligand_cost.py (0.297 for 67 atoms, 0.295 for 125).
+LIGAND_MEMORY_MB_PER_ATOM_PAIR = 0.30
+#: Largest estimated ligand set-up (MB) the engine attempts; larger ones raise
+#: EngineError instead of running the task out of memory.
+MAX_LIGAND_MEMORY_MB = 6000.0
+
 
 @dataclasses.dataclass(frozen=True)
 class SearchSettings:
     """Effort of the docking search; the defaults suit peptides of 5-25 residues.
 
-    ``n_random_backbones`` random backbones join the three named states;
-    ``exhaustiveness`` Monte Carlo runs of at most ``max_evals`` energy evaluations
-    each dock one backbone, which yields up to ``poses_per_backbone`` placements.
+    ``n_random_backbones`` random backbones join the three named states. Each backbone
+    is docked by ``exhaustiveness`` Monte Carlo runs of at most ``max_evals`` energy
+    evaluations, which yield up to ``poses_per_backbone`` placements.
     """
 
     n_random_backbones: int = 9
@@ -102,7 +115,7 @@ class LigandPDBQT:
 
 @dataclasses.dataclass
 class Candidate:
-    """A docked placement of one backbone conformer (stage 2)."""
+    """A docked placement of one backbone conformer, with its Vina energy (kcal/mol)."""
 
     energy: float
     label: str
@@ -148,8 +161,8 @@ class VinaDockingEngine:
         if not candidates:
             raise EngineError("Vina returned no pose for any backbone conformer")
 
-        # Side chains go back on the best distinct placements; a placement whose side
-        # chains cannot all stay inside the grid is skipped for the next one.
+        # Side chains go back on the best distinct placements. A placement whose side
+        # chains cannot all stay inside the grid is skipped, because Vina rejects it.
         box = _box_corners(site, inset=0.5)
         kept = []
         for candidate in _cluster(candidates, CLUSTER_RMSD, len(candidates)):
@@ -196,8 +209,8 @@ class VinaDockingEngine:
     def grid(self, receptor: Receptor, site: Site, cores: int, seed: int) -> Vina:
         """Return a Vina object with the receptor's maps for ``site``, computed once.
 
-        The maps of the last ``cache_size`` receptor-and-box pairs are kept, so the
-        ``dock`` and ``score`` steps of one task compute them once.
+        The maps of the last ``cache_size`` receptor-and-box pairs are kept, so that the
+        ``dock`` and ``score`` steps of one task share them.
         """
         key = (
             hashlib.sha256(receptor.pdb_text.encode()).hexdigest(),
@@ -241,7 +254,7 @@ class VinaDockingEngine:
         truncated = peptide_builder.truncate_side_chains(conformer)
         ligand = ligand_pdbqt(truncated, rigid="all")
         settings = self.settings
-        _call_vina("set_ligand_from_string", grid.set_ligand_from_string, ligand.text)
+        _set_ligand(grid, ligand.text)
         _call_vina(
             "dock",
             grid.dock,
@@ -274,7 +287,7 @@ class VinaDockingEngine:
         Vina's coordinates; hydrogens are placed anew by RDKit.
         """
         ligand = ligand_pdbqt(mol, rigid="none")
-        _call_vina("set_ligand_from_string", grid.set_ligand_from_string, ligand.text)
+        _set_ligand(grid, ligand.text)
         energies = _call_vina("optimize", grid.optimize)
         with tempfile.TemporaryDirectory(prefix="peptide-opt-vina-") as folder:
             path = os.path.join(folder, "pose.pdbqt")
@@ -295,9 +308,9 @@ class VinaDockingEngine:
 def receptor_pdbqt(pdb_text: str) -> str:
     """Return the receptor as rigid PDBQT text, typed by Meeko's residue templates.
 
-    Atoms of non-neighbouring residues that lie within 1.7 Å of each other (side chains
-    rebuilt into one another by PDBFixer) are not read as bonds; they stay in the
-    receptor as they are, and a warning names them.
+    Atoms of non-neighbouring residues within 1.7 Å of each other are side chains that
+    PDBFixer rebuilt into one another. They are not read as bonds but stay in the
+    receptor as they are, and a logged warning names the residues.
     """
     clashing = _clashing_residue_pairs(pdb_text)
     if clashing:
@@ -484,8 +497,34 @@ def _fitting_conformers(
     return [ensemble[i] for i in order]
 
 
+def _set_ligand(grid: Vina, pdbqt: str) -> None:
+    """Set the ligand of ``grid``, releasing the previous ligand's tables first.
+
+    Vina builds the new ligand's pair tables while it still holds the old ones. A
+    one-atom ligand in between lowers the peak: three 7-residue peptides in a row
+    peaked at 2.4 GB without it and 1.7 GB with it (measured with Vina 1.2.7).
+    """
+    n_atoms = sum(1 for line in pdbqt.splitlines() if line.startswith(("ATOM", "HETATM")))
+    estimate = LIGAND_MEMORY_MB_PER_ATOM_PAIR * n_atoms**2
+    if estimate > MAX_LIGAND_MEMORY_MB:
+        raise EngineError(
+            f"the Vina ligand has {n_atoms} PDBQT atoms and would need about "
+            f"{estimate / 1024:.1f} GB to set up, above the limit of "
+            f"{MAX_LIGAND_MEMORY_MB / 1024:.1f} GB; use a shorter peptide (about 15 "
+            "residues or fewer)"
+        )
+    x, y, z = grid.info()["box_center"]
+    placeholder = (
+        "ROOT\n"
+        f"ATOM      1  C   UNL     1    {x:8.3f}{y:8.3f}{z:8.3f}  0.00  0.00    +0.000 C \n"
+        "ENDROOT\nTORSDOF 0\n"
+    )
+    _call_vina("set_ligand_from_string", grid.set_ligand_from_string, placeholder)
+    _call_vina("set_ligand_from_string", grid.set_ligand_from_string, pdbqt)
+
+
 def _call_vina(action: str, function, *args, **kwargs):
-    """Call a Vina method and turn its RuntimeError into :class:`EngineError`."""
+    """Call a Vina method and raise its errors as :class:`EngineError`."""
     try:
         return function(*args, **kwargs)
     except (RuntimeError, ValueError, TypeError) as error:

@@ -54,8 +54,8 @@ def scratch_database(label: str) -> Iterator[str]:
 def database_transactions(url: str) -> int:
     """Committed plus rolled-back transactions of the database (pg_stat_database)."""
     with psycopg.connect(url, autocommit=True) as connection:
-        # Statistics of other backends reach the view when they flush them, at most
-        # once a second; forcing a fresh snapshot is all this session can do.
+        # Statistics of other backends reach the view only when those backends
+        # flush them, so this session can only ask for a fresh snapshot.
         connection.execute("SELECT pg_stat_clear_snapshot()")
         row = connection.execute(
             "SELECT xact_commit + xact_rollback FROM pg_stat_database "
@@ -186,7 +186,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> float:
 
 
 def percentile(values: list[float], fraction: float) -> float:
-    """The ``fraction`` quantile (0-1) by linear interpolation between ranks."""
+    """Return the ``fraction`` quantile (0-1), interpolating between ranks."""
     ordered = sorted(values)
     if len(ordered) == 1:
         return ordered[0]

@@ -1,7 +1,7 @@
 """Task handlers for tests and benchmarks, found by worker subprocesses through
 ``PEPTIDE_OPT_EXTRA_HANDLERS=tests.handlers:HANDLERS``.
 
-A task's ``job_dir`` holds a JSON object of parameters for these handlers. Each
+A task's ``job_dir`` contains a JSON object of parameters for these handlers. Each
 handler that takes ``"log"`` appends one line ``task_id attempt worker_id event
 unix_time`` to that file, with O_APPEND so that concurrent processes do not mix lines.
 """

@@ -87,7 +87,7 @@ def test_claim_user_with_fewer_running_first(store, queue_db):
     second = store.claim(_policy())
     third = store.claim(_policy())
 
-    # Alice's oldest goes first (nobody runs anything), then Bob's (Alice now runs
+    # Alice's oldest goes first (no user runs a task), then Bob's (Alice now runs
     # one, Bob none), then Alice's second.
     assert first.task_id == alice_tasks[0]
     assert second.task_id == bob_task
@@ -184,7 +184,8 @@ def test_finish_fenced_on_worker_and_attempt(store, queue_db):
     progress = store.update_progress(policy_a, stale, "dock", 50, 1.0)
     done = store.finish(policy_b, current, Outcome("finished", summary={"by": "b"}))
 
-    assert current.task_id == task_id and current.attempt == 2
+    assert current.task_id == task_id
+    assert current.attempt == 2
     assert late is None
     assert progress is None
     assert done == "finished"

@@ -7,7 +7,9 @@ more than once counts once, represented by its lowest-scoring sample.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import multiprocessing
 import re
 import time
 from typing import Any
@@ -23,48 +25,70 @@ PEPTIDE_CHAIN = "A"
 
 
 def design_poses(
-    complexes: list[str], config: JobConfig, engine: Any = None
+    complexes: list[str], config: JobConfig, engine: Any = None, cores: int = 1
 ) -> list[PoseDesigns]:
     """Design the peptide of each complex (PDB text, peptide as chain A).
 
     Every pose is designed with the job's seed ``proteinmpnn_seed``, so the designs of
-    one pose do not depend on the other poses. ``fixed_positions``, ``omit_amino_acids``
-    and ``aa_bias`` of ``config`` go to the engine's sampler.
+    one pose do not depend on the other poses, nor on which process designs it. With
+    ``cores`` above 1 and no engine given, the poses are shared among that many spawned
+    processes of one torch thread each, each loading the model once; ProteinMPNN's
+    one-residue-at-a-time sampler gains little from a second thread within a process.
+    ``fixed_positions``, ``omit_amino_acids`` and ``aa_bias`` of ``config`` go to the
+    engine's sampler.
     """
+    # NOTE: keep_motif is not applied here yet; only fixed_positions keeps residues.
+    fixed_positions = parse_positions(config.fixed_positions)
+    controls = {
+        "n_sequences": config.num_seq_per_target,
+        "temperature": config.sampling_temperature,
+        "seed": config.proteinmpnn_seed,
+        "fixed_positions": fixed_positions or None,
+        "omit_amino_acids": config.omit_amino_acids or "",
+        "aa_bias": dict(config.aa_bias) if config.aa_bias else None,
+    }
+    n_processes = min(cores, len(complexes))
+    if engine is None and n_processes > 1 and not multiprocessing.current_process().daemon:
+        # Spawned, not forked: a forked child inherits the parent's torch and OpenMM
+        # thread pools in an unusable state.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(
+            n_processes, mp_context=context, initializer=_single_thread
+        ) as pool:
+            jobs = [
+                pool.submit(_design_one, None, index, text, controls)
+                for index, text in enumerate(complexes, start=1)
+            ]
+            return [job.result() for job in jobs]
+    return [
+        _design_one(engine, index, text, controls)
+        for index, text in enumerate(complexes, start=1)
+    ]
+
+
+def _single_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _design_one(engine: Any, index: int, complex_pdb: str, controls: dict) -> PoseDesigns:
     if engine is None:
         from peptide_opt.engines.base import get_engine
 
         engine = get_engine("design")
-    # NOTE: keep_motif is not applied here yet; only fixed_positions keeps residues.
-    fixed_positions = parse_positions(config.fixed_positions)
-    omit = config.omit_amino_acids or ""
-    bias = dict(config.aa_bias) if config.aa_bias else None
-
-    results = []
-    for index, complex_pdb in enumerate(complexes, start=1):
-        started = time.perf_counter()
-        results.append(
-            engine.design(
-                complex_pdb,
-                PEPTIDE_CHAIN,
-                config.num_seq_per_target,
-                config.sampling_temperature,
-                config.proteinmpnn_seed,
-                fixed_positions=fixed_positions or None,
-                omit_amino_acids=omit,
-                aa_bias=bias,
-            )
-        )
-        logger.info(
-            "design_pose_finished",
-            extra={
-                "step": "design",
-                "pose": index,
-                "n_designs": len(results[-1].designs),
-                "duration": round(time.perf_counter() - started, 3),
-            },
-        )
-    return results
+    started = time.perf_counter()
+    result = engine.design(complex_pdb, PEPTIDE_CHAIN, **controls)
+    logger.info(
+        "design_pose_finished",
+        extra={
+            "step": "design",
+            "pose": index,
+            "n_designs": len(result.designs),
+            "duration": round(time.perf_counter() - started, 3),
+        },
+    )
+    return result
 
 
 def unique_designs(pose_designs: PoseDesigns) -> list[tuple[Design, int]]:

@@ -305,7 +305,9 @@ class _PipelineRun:
         from peptide_opt.pipeline.design import design_poses
 
         self.pose_designs = list(
-            design_poses([item.text for item in self.complexes], self.config)
+            design_poses(
+                [item.text for item in self.complexes], self.config, cores=self.cores
+            )
         )
         return {"pose_designs": checkpoints.designs_state(self.pose_designs)}
 

@@ -46,7 +46,7 @@ class JobConfig:
     keep_motif: str | None = None
     omit_amino_acids: str | None = None
     aa_bias: tuple[tuple[str, float], ...] | None = None
-    selection: str = "mpnn"
+    selection: str = "rescore"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as JSON-ready values (tuples become lists)."""

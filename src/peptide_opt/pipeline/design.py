@@ -25,7 +25,11 @@ PEPTIDE_CHAIN = "A"
 
 
 def design_poses(
-    complexes: list[str], config: JobConfig, engine: Any = None, cores: int = 1
+    complexes: list[str],
+    config: JobConfig,
+    engine: Any = None,
+    cores: int = 1,
+    peptide: str | None = None,
 ) -> list[PoseDesigns]:
     """Design the peptide of each complex (PDB text, peptide as chain A).
 
@@ -34,11 +38,11 @@ def design_poses(
     ``cores`` above 1 and no engine given, the poses are shared among that many spawned
     processes of one torch thread each, each loading the model once; ProteinMPNN's
     one-residue-at-a-time sampler gains little from a second thread within a process.
-    ``fixed_positions``, ``omit_amino_acids`` and ``aa_bias`` of ``config`` go to the
-    engine's sampler.
+    ``fixed_positions`` and every occurrence of ``keep_motif`` in ``peptide`` (the input
+    sequence) become ProteinMPNN's fixed positions; ``omit_amino_acids`` and ``aa_bias``
+    of ``config`` go to its sampler.
     """
-    # NOTE: keep_motif is not applied here yet; only fixed_positions keeps residues.
-    fixed_positions = parse_positions(config.fixed_positions)
+    fixed_positions = kept_positions(config, peptide)
     controls = {
         "n_sequences": config.num_seq_per_target,
         "temperature": config.sampling_temperature,
@@ -116,6 +120,47 @@ def choose_best_design(pose_designs: PoseDesigns) -> Design | None:
 
 def _rank_key(design: Design) -> tuple[float, int]:
     return (design.score, design.sample)
+
+
+def motif_positions(sequence: str, motif: str) -> list[int]:
+    """Return the 1-based positions of every occurrence of ``motif`` in ``sequence``,
+    overlapping occurrences included."""
+    positions: set[int] = set()
+    start = sequence.find(motif)
+    while start != -1:
+        positions.update(range(start + 1, start + len(motif) + 1))
+        start = sequence.find(motif, start + 1)
+    return sorted(positions)
+
+
+def kept_positions(config: JobConfig, peptide: str | None) -> list[int]:
+    """Return the positions every design keeps: ``fixed_positions`` and the motifs.
+
+    Raises :class:`InputError` for a position past the peptide's length, a motif that
+    does not occur in the peptide, and a peptide with every position kept.
+    """
+    positions = set(parse_positions(config.fixed_positions))
+    if peptide is None:
+        return sorted(positions)
+    beyond = sorted(position for position in positions if position > len(peptide))
+    if beyond:
+        raise InputError(
+            f"fixed_positions: position {beyond[0]} is past the peptide's length of "
+            f"{len(peptide)} residues"
+        )
+    if config.keep_motif:
+        found = motif_positions(peptide, config.keep_motif)
+        if not found:
+            raise InputError(
+                f"keep_motif {config.keep_motif} does not occur in the peptide {peptide}"
+            )
+        positions.update(found)
+    if len(positions) >= len(peptide):
+        raise InputError(
+            f"fixed_positions and keep_motif keep all {len(peptide)} residues of "
+            f"{peptide}; at least one position must be designed"
+        )
+    return sorted(positions)
 
 
 def parse_positions(text: str | None) -> list[int]:

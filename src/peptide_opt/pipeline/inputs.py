@@ -116,6 +116,11 @@ def check_stated_prefix(inputs: JobInputs, prefix: str) -> None:
 
 
 def _check_sequence_config(sequence: str, config: JobConfig, warnings: list[str]) -> None:
+    from peptide_opt.pipeline.design import kept_positions
+
+    # Design controls are checked against the peptide before any step runs.
+    if config.proteinmpnn_enabled:
+        kept_positions(config, sequence)
     if config.peptide_sequence:
         stated = normalize_peptide(config.peptide_sequence, source="peptide_sequence")
         if stated != sequence:

@@ -306,7 +306,10 @@ class _PipelineRun:
 
         self.pose_designs = list(
             design_poses(
-                [item.text for item in self.complexes], self.config, cores=self.cores
+                [item.text for item in self.complexes],
+                self.config,
+                cores=self.cores,
+                peptide=self.inputs.peptide,
             )
         )
         return {"pose_designs": checkpoints.designs_state(self.pose_designs)}

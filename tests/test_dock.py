@@ -85,19 +85,20 @@ def test_pose_pdb_has_standard_names(czy_scored):
 
 
 def test_dock_same_seed_same_poses(czy_site_receptor):
-    # A small search (one random backbone, three poses) keeps the test short; the
-    # same seed must give identical coordinates and energies.
-    config = build_config({"site_chain": "B", "n_poses": 3, "docking_seed": 11})
-    site = find_site(czy_site_receptor, config)
+    # A small search (one random backbone, three poses) keeps the test short. One
+    # engine docks with seed 11, then 12, then 11 again: the cached Vina object of
+    # seed 12 must not leak into the second seed-11 run.
+    site = find_site(czy_site_receptor, build_config({"site_chain": "B"}))
     peptide = build_peptide_model("PQQATDD", seed=11)
-    settings = SearchSettings(n_random_backbones=1)
+    engine = VinaDockingEngine(SearchSettings(n_random_backbones=1))
     runs = []
-    for _ in range(2):
-        engine = VinaDockingEngine(settings)
+    for seed in (11, 12, 11):
+        config = build_config({"site_chain": "B", "n_poses": 3, "docking_seed": seed})
         poses = dock_peptide(czy_site_receptor, peptide, site, config, cores=2, engine=engine)
         runs.append([(pose.peptide_pdb, pose.docking_affinity) for pose in poses])
     assert len(runs[0]) == 3
-    assert runs[0] == runs[1]
+    assert runs[0] == runs[2]
+    assert runs[0] != runs[1]
 
 
 def test_receptor_pdbqt_types(czy_site_receptor):

@@ -49,7 +49,8 @@ def test_model_pdb_text_layout():
     numbers = [int(line[22:26]) for line in lines]
     assert numbers == sorted(numbers)
     assert sorted(set(numbers)) == list(range(1, 8))
-    assert lines[0][12:16] == " N  " and lines[0][17:20] == "PRO"
+    assert lines[0][12:16] == " N  "
+    assert lines[0][17:20] == "PRO"
 
 
 def test_model_same_seed_same_coordinates():

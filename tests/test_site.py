@@ -111,8 +111,8 @@ def fibonacci_shell(n: int, radius: float, center=(0.0, 0.0, 0.0)) -> np.ndarray
 def test_pocket_found_inside_closed_shell():
     # 600 atoms on a 10 Å sphere are about 1.45 Å apart, so the inside is sealed.
     # Rays from an inner point hit the shell unless the far wall lies beyond the 12 Å
-    # ray length (up to 17 Å away), so inner points see about 90% of their rays
-    # blocked; points outside see at most about half. The pocket is the inner layer
+    # ray length (up to 17 Å away). So inner points see about 90% of their rays
+    # blocked, and points outside see at most about half. The pocket is the inner layer
     # 3-6 Å from the shell, centred on the sphere's centre.
     center = (4.0, -3.0, 7.0)
     pockets = detect_pockets(fibonacci_shell(600, 10.0, center))
@@ -141,4 +141,5 @@ def test_pocket_site_on_1czy(examples_dir):
     assert all(16.0 <= edge <= 40.0 for edge in site.size)
     atoms = receptor_heavy_atoms(chain_a)
     low, high = atoms.xyz.min(axis=0), atoms.xyz.max(axis=0)
-    assert np.all(np.array(site.center) >= low) and np.all(np.array(site.center) <= high)
+    assert np.all(np.array(site.center) >= low)
+    assert np.all(np.array(site.center) <= high)

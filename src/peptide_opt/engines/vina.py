@@ -131,8 +131,8 @@ class VinaDockingEngine:
 
     def __init__(self, settings: SearchSettings | None = None, cache_size: int = 1):
         self.settings = settings or SearchSettings()
-        self._grids: OrderedDict[tuple, Vina] = OrderedDict()
-        self._cache_size = cache_size
+        self._grids: OrderedDict[tuple, tuple[int, Vina]] = OrderedDict()
+        self._cache_size = max(1, cache_size)
 
     # ------------------------------------------------------------------ public API
 
@@ -197,7 +197,7 @@ class VinaDockingEngine:
 
         The pose's ``peptide_pdb`` is replaced by the optimized coordinates.
         """
-        grid = self.grid(receptor, site, cores, seed=0)
+        grid = self.grid(receptor, site, cores, seed=None)
         for pose in poses:
             mol = peptide_builder.from_pdb(pose.peptide_pdb)
             energy, optimized = self.optimize(grid, mol)
@@ -206,11 +206,15 @@ class VinaDockingEngine:
 
     # ------------------------------------------------------------------ grids
 
-    def grid(self, receptor: Receptor, site: Site, cores: int, seed: int) -> Vina:
+    def grid(
+        self, receptor: Receptor, site: Site, cores: int, seed: int | None
+    ) -> Vina:
         """Return a Vina object with the receptor's maps for ``site``, computed once.
 
         The maps of the last ``cache_size`` receptor-and-box pairs are kept, so that the
-        ``dock`` and ``score`` steps of one task share them.
+        ``dock`` and ``score`` steps of one task share them. Vina fixes its random seed
+        when it is created, so a docking ``seed`` other than the cached object's makes
+        new maps. ``seed=None`` (local optimization only) takes any cached object.
         """
         key = (
             hashlib.sha256(receptor.pdb_text.encode()).hexdigest(),
@@ -218,31 +222,36 @@ class VinaDockingEngine:
             tuple(round(v, 3) for v in site.size),
             cores,
         )
-        grid = self._grids.get(key)
-        if grid is None:
-            started = time.perf_counter()
-            grid = Vina(sf_name="vina", cpu=cores, seed=seed, no_refine=True, verbosity=0)
-            with tempfile.TemporaryDirectory(prefix="peptide-opt-vina-") as folder:
-                path = os.path.join(folder, "receptor.pdbqt")
-                with open(path, "w") as handle:
-                    handle.write(receptor_pdbqt(receptor.pdb_text))
-                _call_vina("set_receptor", grid.set_receptor, path)
-            _call_vina(
-                "compute_vina_maps",
-                grid.compute_vina_maps,
-                center=list(site.center),
-                box_size=list(site.size),
-                spacing=GRID_SPACING,
-            )
-            logger.info(
-                "vina_maps_computed size=%s duration_s=%.1f",
-                "x".join(f"{v:.1f}" for v in site.size),
-                time.perf_counter() - started,
-            )
-            self._grids[key] = grid
-            while len(self._grids) > self._cache_size:
-                self._grids.popitem(last=False)
-        self._grids.move_to_end(key)
+        cached = self._grids.get(key)
+        if cached is not None and (seed is None or cached[0] == seed):
+            self._grids.move_to_end(key)
+            return cached[1]
+
+        # Drop the old maps first: they take hundreds of MB each.
+        self._grids.pop(key, None)
+        while len(self._grids) >= self._cache_size:
+            self._grids.popitem(last=False)
+        started = time.perf_counter()
+        seed = 0 if seed is None else seed
+        grid = Vina(sf_name="vina", cpu=cores, seed=seed, no_refine=True, verbosity=0)
+        with tempfile.TemporaryDirectory(prefix="peptide-opt-vina-") as folder:
+            path = os.path.join(folder, "receptor.pdbqt")
+            with open(path, "w") as handle:
+                handle.write(receptor_pdbqt(receptor.pdb_text))
+            _call_vina("set_receptor", grid.set_receptor, path)
+        _call_vina(
+            "compute_vina_maps",
+            grid.compute_vina_maps,
+            center=list(site.center),
+            box_size=list(site.size),
+            spacing=GRID_SPACING,
+        )
+        logger.info(
+            "vina_maps_computed size=%s duration_s=%.1f",
+            "x".join(f"{v:.1f}" for v in site.size),
+            time.perf_counter() - started,
+        )
+        self._grids[key] = (seed, grid)
         return grid
 
     # ------------------------------------------------------------------ stages

@@ -83,9 +83,9 @@ class Pocket:
 def find_site(receptor: Receptor, config: JobConfig) -> Site:
     """Return the docking box for ``receptor`` following ``config``.
 
-    Raises :class:`InputError` when a given box lies away from the receptor, holds no
-    receptor atom, or has an edge outside 5-40 Å, and when the site chain or the pocket
-    search yields no box.
+    Raises :class:`InputError` when a given box lies away from the receptor, contains
+    no receptor atom, or has an edge outside 5-40 Å. It also raises when the site chain
+    or the pocket search yields no box.
     """
     atoms = receptor_heavy_atoms(receptor.pdb_text)
     if len(atoms.xyz) == 0:
@@ -189,11 +189,13 @@ def pocket_site(atoms: ReceptorAtoms) -> Site:
             "site_center and site_size"
         )
     pocket = pockets[0]
+
     low = pocket.points.min(axis=0)
     high = pocket.points.max(axis=0)
     center = (low + high) / 2.0
     size = np.clip(high - low + 2.0 * POCKET_PADDING, MIN_POCKET_EDGE, MAX_EDGE)
     lining, metals = pocket_lining(pocket, atoms)
+
     site = Site(
         center=tuple(float(v) for v in center),
         size=tuple(float(v) for v in size),
@@ -225,10 +227,9 @@ def pocket_site(atoms: ReceptorAtoms) -> Site:
 def detect_pockets(xyz: np.ndarray) -> list[Pocket]:
     """Find buried pockets on a grid around the receptor's heavy atoms.
 
-    The method is a grid buriedness search in the spirit of LIGSITE and PocketPicker:
-    grid points at spacing 1 Å that are empty (no heavy atom within 3 Å) but near
-    the surface (one within 6 Å) cast 30 rays of 12 Å in directions spread evenly on a
-    sphere. The buriedness of a point is the fraction of its rays that pass within
+    The method is a grid buriedness search. Grid points at spacing 1 Å that are empty
+    (no heavy atom within 3 Å) but near the surface (one within 6 Å) cast 30 rays of
+    12 Å in directions spread evenly on a sphere. The buriedness of a point is the fraction of its rays that pass within
     1.8 Å of a heavy atom. Points with buriedness of at least 0.6 are buried; buried
     points that touch (26-neighbourhood) form a pocket.
 

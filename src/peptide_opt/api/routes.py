@@ -36,6 +36,7 @@ from peptide_opt.api.models import (
     Upload,
 )
 from peptide_opt.errors import InputError
+from peptide_opt.pipeline import STEPS
 from peptide_opt.storage.base import ObjectNotFoundError, Storage
 from peptide_opt.storage.keys import resolve_job_prefix
 
@@ -538,11 +539,7 @@ def task_from_row(row: asyncpg.Record) -> Task:
         attempts=row["attempts"],
         error=row["error"],
         cancel_requested=row["cancel_requested_at"] is not None,
-        step_timings={
-            str(step): float(seconds)
-            for step, seconds in (timings if isinstance(timings, dict) else {}).items()
-            if isinstance(seconds, (int, float))
-        },
+        step_timings=_ordered_timings(timings),
         result_summary=summary if isinstance(summary, dict) else None,
         created_at=as_utc(row["created_at"]),
         started_at=as_utc(row["started_at"]),
@@ -550,6 +547,19 @@ def task_from_row(row: asyncpg.Record) -> Task:
         updated_at=as_utc(row["updated_at"]),
         files_deleted_at=as_utc(row["files_deleted_at"]),
     )
+
+
+def _ordered_timings(timings: Any) -> dict[str, float]:
+    """Return the step timings in pipeline order (JSONB keeps keys in its own order)."""
+    if not isinstance(timings, dict):
+        return {}
+    known = [step for step in STEPS if step in timings]
+    others = sorted(step for step in timings if step not in STEPS)
+    return {
+        str(step): float(timings[step])
+        for step in known + others
+        if isinstance(timings[step], (int, float))
+    }
 
 
 def _json_column(value: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import socket
 from pathlib import Path
 
 from peptide_opt.errors import InputError
@@ -61,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     workers = subparsers.add_parser(
         "workers", help="list live workers and the queue depth; pause or resume"
     )
+    workers.add_argument(
+        "--check-self",
+        action="store_true",
+        help="health probe: exit 0 when a worker on this host has a heartbeat from the "
+        f"last {LIVE_WINDOW_S:.0f} s, 1 otherwise",
+    )
     workers.set_defaults(handler=run_list_workers)
     commands = workers.add_subparsers(dest="workers_command", metavar="COMMAND")
     pause = commands.add_parser("pause", help="stop claiming tasks on every worker")
@@ -113,6 +120,8 @@ def _run_celery_worker(args: argparse.Namespace) -> int:
 
 
 def run_list_workers(args: argparse.Namespace) -> int:
+    if getattr(args, "check_self", False):
+        return run_check_self()
     settings = Settings.from_env()
     store = operator_store(settings)
     try:
@@ -138,6 +147,20 @@ def run_list_workers(args: argparse.Namespace) -> int:
         + ", ".join(f"{status} {counts.get(status, 0)}" for status in statuses)
     )
     return 0
+
+
+def run_check_self() -> int:
+    """Return 0 when a worker of this host (a container's hostname) is live, else 1."""
+    host = socket.gethostname()
+    store = operator_store(Settings.from_env())
+    try:
+        workers = store.execute("list_live_workers", {"window_seconds": LIVE_WINDOW_S})
+    finally:
+        store.close()
+    if any(row["host"] == host for row in workers):
+        return 0
+    print(f"no worker on host {host} has a heartbeat from the last {LIVE_WINDOW_S:.0f} s")
+    return 1
 
 
 def _set_paused(paused: bool) -> None:

@@ -46,7 +46,13 @@ def test_bad_controls_rejected_before_any_step(values, message):
 
 
 def xyz(chain: gemmi.Chain) -> np.ndarray:
-    return np.array([atom.pos.tolist() for residue in chain for atom in residue])
+    """Coordinates ordered by residue number and atom name (writers order H differently)."""
+    atoms = sorted(
+        ((residue.seqid.num, residue.seqid.icode, atom.name), atom.pos.tolist())
+        for residue in chain
+        for atom in residue
+    )
+    return np.array([position for _, position in atoms])
 
 
 @pytest.mark.slow
@@ -91,5 +97,7 @@ def test_controls_respected_and_receptor_unchanged(tmp_path):
             assert gemmi.one_letter_code([r.name for r in ours]) == gemmi.one_letter_code(
                 [r.name for r in theirs]
             )
-            # PDB stores 3 decimals: equal coordinates agree within 1e-3 Å.
-            np.testing.assert_allclose(xyz(ours), xyz(theirs), atol=1.5e-3)
+            # The test prepares the receptor again; OpenMM's CPU minimizer sums in a
+            # thread-dependent order, so hydrogens land up to ~0.03 Å apart between
+            # two preparations. A moved or repacked receptor differs by Ångströms.
+            np.testing.assert_allclose(xyz(ours), xyz(theirs), atol=0.05)

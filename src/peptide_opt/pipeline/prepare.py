@@ -11,6 +11,7 @@ backbone atoms and chain breaks are reported, never dropped silently.
 from __future__ import annotations
 
 import io
+import random
 import re
 from pathlib import Path
 
@@ -37,6 +38,8 @@ METAL_SITE_DISTANCE = 8.0
 #: A peptide bond C(i)-N(i+1) longer than this (Å) is a chain break.
 CHAIN_BREAK_DISTANCE = 2.0
 BACKBONE_ATOMS = ("N", "CA", "C", "O")
+#: Seed of the OpenMM integrator PDBFixer uses to place rebuilt atoms.
+REPAIR_SEED = 1
 
 
 # ---------------------------------------------------------------------------
@@ -496,8 +499,16 @@ def _repair_with_pdbfixer(
                 f"{len(fixer.missingAtoms) + len(fixer.missingTerminals)} residues"
                 + (f" ({residues})" if fixer.missingAtoms else "")
             )
-        fixer.addMissingAtoms()
-        fixer.addMissingHydrogens(ph)
+        # A fixed seed makes the rebuilt atoms, and so every later step, repeatable.
+        fixer.addMissingAtoms(seed=REPAIR_SEED)
+        # OpenMM's Modeller starts new hydrogens at positions from Python's random
+        # module; a fixed seed (the caller's state restored after) makes them repeatable.
+        state = random.getstate()
+        random.seed(REPAIR_SEED)
+        try:
+            fixer.addMissingHydrogens(ph)
+        finally:
+            random.setstate(state)
     except Exception as error:  # PDBFixer and OpenMM raise plain Exception subclasses
         raise EngineError(f"receptor repair with PDBFixer failed: {error}") from error
     warnings.append(f"hydrogens added at pH {ph:g}")

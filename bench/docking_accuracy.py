@@ -29,13 +29,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from peptide_opt.config import build_config  # noqa: E402
-from peptide_opt.engines.vina import VinaDockingEngine  # noqa: E402
-from peptide_opt.pipeline.dock import dock_peptide  # noqa: E402
-from peptide_opt.pipeline.model import build_peptide_model  # noqa: E402
-from peptide_opt.pipeline.prepare import prepare_receptor  # noqa: E402
-from peptide_opt.pipeline.score import score_poses  # noqa: E402
-from peptide_opt.pipeline.site import find_site  # noqa: E402
+from peptide_opt.config import build_config
+from peptide_opt.engines.vina import VinaDockingEngine
+from peptide_opt.pipeline.dock import dock_peptide
+from peptide_opt.pipeline.model import build_peptide_model
+from peptide_opt.pipeline.prepare import prepare_receptor
+from peptide_opt.pipeline.score import score_poses
+from peptide_opt.pipeline.site import find_site
 
 COMPLEX = ROOT / "examples" / "1czy" / "1czy_complex.pdb"
 UNBOUND = ROOT / "examples" / "1czy" / "1czz_unbound.pdb"
@@ -56,7 +56,9 @@ def pose_backbone(pdb_text: str) -> np.ndarray:
     for line in pdb_text.splitlines():
         if line.startswith("ATOM"):
             atoms[(int(line[22:26]), line[12:16].strip())] = (
-                float(line[30:38]), float(line[38:46]), float(line[46:54])
+                float(line[30:38]),
+                float(line[38:46]),
+                float(line[46:54]),
             )
     numbers = sorted({number for number, _ in atoms})
     return np.array([atoms[(n, name)] for n in numbers for name in BACKBONE])
@@ -68,7 +70,9 @@ def rmsd(first: np.ndarray, second: np.ndarray) -> float:
 
 def superpose_unbound(bound: gemmi.Structure, unbound: gemmi.Structure) -> None:
     """Move the unbound structure onto chain A of the complex by CA atoms, in place."""
-    reference = {r.seqid.num: r["CA"][0].pos for r in bound[0]["A"] if r.find_atom("CA", "*")}
+    reference = {
+        r.seqid.num: r["CA"][0].pos for r in bound[0]["A"] if r.find_atom("CA", "*")
+    }
     chain = unbound[0][0]
     fixed, moving = [], []
     for residue in chain:
@@ -92,8 +96,10 @@ def run_case(name, receptor, config, crystal, cores, engine) -> None:
     scored = time.perf_counter()
     deviations = [rmsd(pose_backbone(p.peptide_pdb), crystal) for p in ranked]
     print(f"== {name}")
-    print(f"site: center {np.round(site.center, 2).tolist()} size "
-          f"{np.round(site.size, 2).tolist()} ({site.source})")
+    print(
+        f"site: center {np.round(site.center, 2).tolist()} size "
+        f"{np.round(site.size, 2).tolist()} ({site.source})"
+    )
     for pose, deviation in zip(ranked, deviations):
         print(
             f"  rank {pose.rank:2d}  affinity {pose.affinity:7.3f}  docking "
@@ -132,17 +138,21 @@ def main() -> None:
         unbound = gemmi.read_structure(str(UNBOUND))
         unbound.setup_entities()
         superpose_unbound(bound, unbound)
-        config = build_config({
-            "site_center": ",".join(f"{v:.3f}" for v in bound_site.center),
-            "site_size": ",".join(f"{v:.3f}" for v in bound_site.size),
-            "n_poses": args.poses,
-            "docking_seed": args.seed,
-        })
+        config = build_config(
+            {
+                "site_center": ",".join(f"{v:.3f}" for v in bound_site.center),
+                "site_size": ",".join(f"{v:.3f}" for v in bound_site.size),
+                "n_poses": args.poses,
+                "docking_seed": args.seed,
+            }
+        )
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "1czz_superposed.pdb"
             unbound.write_pdb(str(path))
             receptor = prepare_receptor(path, config)
-        run_case("1CZZ unbound, bound box", receptor, config, crystal, args.cores, engine)
+        run_case(
+            "1CZZ unbound, bound box", receptor, config, crystal, args.cores, engine
+        )
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory: {peak:.0f} MB")

@@ -20,16 +20,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vina import Vina  # noqa: E402
+from vina import Vina
 
-from peptide_opt.engines import peptide_builder  # noqa: E402
-from peptide_opt.engines.vina import ligand_pdbqt  # noqa: E402
+from peptide_opt.engines import peptide_builder
+from peptide_opt.engines.vina import ligand_pdbqt
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sequence", nargs="?", default="PQQATDD")
-    parser.add_argument("--truncated", action="store_true", help="cut side chains to CB")
+    parser.add_argument(
+        "--truncated", action="store_true", help="cut side chains to CB"
+    )
     args = parser.parse_args()
 
     mol = peptide_builder.build_peptide(args.sequence)

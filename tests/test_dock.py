@@ -29,7 +29,9 @@ def backbone(pdb_text: str) -> np.ndarray:
     for line in pdb_text.splitlines():
         if line.startswith("ATOM"):
             atoms[(int(line[22:26]), line[12:16].strip())] = [
-                float(line[30:38]), float(line[38:46]), float(line[46:54])
+                float(line[30:38]),
+                float(line[38:46]),
+                float(line[46:54]),
             ]
     return np.array(
         [atoms[(n, name)] for n in range(1, 8) for name in ("N", "CA", "C", "O")]
@@ -42,7 +44,9 @@ def czy_scored(czy_site_receptor):
     engine = VinaDockingEngine()
     peptide = build_peptide_model("PQQATDD", seed=37)
     site = find_site(czy_site_receptor, config)
-    poses = dock_peptide(czy_site_receptor, peptide, site, config, cores=2, engine=engine)
+    poses = dock_peptide(
+        czy_site_receptor, peptide, site, config, cores=2, engine=engine
+    )
     docked = [(pose.peptide_pdb, pose.docking_affinity) for pose in poses]
     ranked = score_poses(czy_site_receptor, site, poses, cores=2, engine=engine)
     return docked, ranked
@@ -64,7 +68,13 @@ def test_score_affinities_negative_and_sorted(czy_scored):
 def test_dock_best_of_ten_near_crystal(czy_scored, czy_crystal_backbone):
     _, ranked = czy_scored
     deviations = [
-        float(np.sqrt(np.mean(np.sum((backbone(p.peptide_pdb) - czy_crystal_backbone) ** 2, 1))))
+        float(
+            np.sqrt(
+                np.mean(
+                    np.sum((backbone(p.peptide_pdb) - czy_crystal_backbone) ** 2, 1)
+                )
+            )
+        )
         for p in ranked
     ]
     assert min(deviations) < BEST_OF_10_RMSD_BOUND
@@ -72,7 +82,9 @@ def test_dock_best_of_ten_near_crystal(czy_scored, czy_crystal_backbone):
 
 def test_pose_pdb_has_standard_names(czy_scored):
     _, ranked = czy_scored
-    lines = [line for line in ranked[0].peptide_pdb.splitlines() if line.startswith("ATOM")]
+    lines = [
+        line for line in ranked[0].peptide_pdb.splitlines() if line.startswith("ATOM")
+    ]
     assert {line[21] for line in lines} == {"A"}
     assert sorted({int(line[22:26]) for line in lines}) == list(range(1, 8))
     names = {(int(line[22:26]), line[12:16].strip()) for line in lines}
@@ -94,7 +106,9 @@ def test_dock_same_seed_same_poses(czy_site_receptor):
     runs = []
     for seed in (11, 12, 11):
         config = build_config({"site_chain": "B", "n_poses": 3, "docking_seed": seed})
-        poses = dock_peptide(czy_site_receptor, peptide, site, config, cores=2, engine=engine)
+        poses = dock_peptide(
+            czy_site_receptor, peptide, site, config, cores=2, engine=engine
+        )
         runs.append([(pose.peptide_pdb, pose.docking_affinity) for pose in poses])
     assert len(runs[0]) == 3
     assert runs[0] == runs[2]
@@ -103,7 +117,9 @@ def test_dock_same_seed_same_poses(czy_site_receptor):
 
 def test_receptor_pdbqt_types(czy_site_receptor):
     text = receptor_pdbqt(czy_site_receptor.pdb_text)
-    types = {line[77:79].strip() for line in text.splitlines() if line.startswith("ATOM")}
+    types = {
+        line[77:79].strip() for line in text.splitlines() if line.startswith("ATOM")
+    }
     # Protein atoms in AutoDock 4 types: polar hydrogens (HD) stay, non-polar ones are
     # merged into their carbons.
     assert {"C", "A", "N", "OA", "HD"} <= types

@@ -34,7 +34,9 @@ def test_model_charges_of_basic_residues():
 
 def test_model_hydrogen_names():
     mol = build_peptide_model("PQQATDD", seed=37).mol
-    assert {"H1", "H2", "HA", "HB2", "HB3", "HG2", "HG3", "HD2", "HD3"} <= atom_names(mol, 1)
+    assert {"H1", "H2", "HA", "HB2", "HB3", "HG2", "HG3", "HD2", "HD3"} <= atom_names(
+        mol, 1
+    )
     assert {"H", "HE21", "HE22"} <= atom_names(mol, 2)
     assert {"HB1", "HB2", "HB3"} <= atom_names(mol, 4)
     assert {"HG1", "HG21", "HG22", "HG23"} <= atom_names(mol, 5)
@@ -43,7 +45,11 @@ def test_model_hydrogen_names():
 
 def test_model_pdb_text_layout():
     mol = build_peptide_model("PQQATDD", seed=37).mol
-    lines = [line for line in peptide_builder.to_pdb(mol).splitlines() if line.startswith("ATOM")]
+    lines = [
+        line
+        for line in peptide_builder.to_pdb(mol).splitlines()
+        if line.startswith("ATOM")
+    ]
     assert len(lines) == mol.GetNumAtoms()
     assert {line[21] for line in lines} == {"A"}
     numbers = [int(line[22:26]) for line in lines]

@@ -55,7 +55,9 @@ def test_site_chain_box_with_small_margin():
     site = find_site(small_receptor(MARKER), config)
     assert site.size == pytest.approx((10.0, 5.0, 30.0))
     config = build_config({"site_chain": "B", "site_margin": "3"})
-    assert find_site(small_receptor(MARKER), config).size == pytest.approx((16.0, 10.0, 36.0))
+    assert find_site(small_receptor(MARKER), config).size == pytest.approx(
+        (16.0, 10.0, 36.0)
+    )
 
 
 def test_site_center_box_kept_as_given():
@@ -88,7 +90,9 @@ def test_site_box_edge_out_of_range():
     config = dataclasses.replace(
         JobConfig(), site_center=(5.0, 2.0, 15.0), site_size=(45.0, 10.0, 10.0)
     )
-    with pytest.raises(InputError, match="site_size x edge must be between 5 and 40 Å, got 45"):
+    with pytest.raises(
+        InputError, match="site_size x edge must be between 5 and 40 Å, got 45"
+    ):
         find_site(small_receptor(), config)
 
 
@@ -102,7 +106,11 @@ def fibonacci_shell(n: int, radius: float, center=(0.0, 0.0, 0.0)) -> np.ndarray
     polar = np.arccos(1.0 - 2.0 * index / n)
     azimuth = np.pi * (1.0 + 5**0.5) * index
     unit = np.stack(
-        [np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)],
+        [
+            np.cos(azimuth) * np.sin(polar),
+            np.sin(azimuth) * np.sin(polar),
+            np.cos(polar),
+        ],
         axis=1,
     )
     return np.array(center) + radius * unit
@@ -131,7 +139,9 @@ def test_pocket_found_inside_closed_shell():
 def test_pocket_site_on_1czy(examples_dir):
     text = (examples_dir / "1czy" / "1czy_complex.pdb").read_text()
     chain_a = "\n".join(
-        line for line in text.splitlines() if line.startswith("ATOM") and line[21] == "A"
+        line
+        for line in text.splitlines()
+        if line.startswith("ATOM") and line[21] == "A"
     )
     receptor = Receptor(pdb_text=chain_a, chain_ids=("A",))
     site = find_site(receptor, JobConfig())

@@ -3,9 +3,9 @@
 The molecule comes from :func:`rdkit.Chem.MolFromSequence`, which sets PDB residue
 information (names, numbers 1..n, chain A) on every heavy atom. Ionizable groups take
 their dominant state near pH 7: NH3+ at the N-terminus (NH2+ for proline), COO- at the
-C-terminus and on Asp and Glu, NH3+ on Lys, the guanidinium cation on Arg. His, Cys and Tyr
-stay neutral. Hydrogens get PDB version 3 names (H, HA, HB2, HB3, HG21, ...), so the
-peptide's PDB text reads like a PDBFixer or Reduce output.
+C-terminus and on Asp and Glu, NH3+ on Lys, the guanidinium cation on Arg. His, Cys
+and Tyr stay neutral. Hydrogens get PDB version 3 names (H, HA, HB2, HB3, HG21, ...),
+as PDBFixer writes them.
 
 Backbone conformers are made by setting the phi and psi dihedrals of an embedded
 structure, so the ensemble can hold exact secondary-structure states (beta strand,
@@ -47,6 +47,9 @@ BASIN_SPREAD_DEG = 15.0
 CLASH_DISTANCE = 2.6
 
 MAX_BUILD_ATTEMPTS = 50
+
+#: Side-chain oxygens that carry the carboxylate charge.
+CARBOXYLATE_OXYGENS = frozenset({("ASP", "OD2"), ("GLU", "OE2")})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +96,9 @@ def _ionize(mol: Chem.RWMol, n_residues: int) -> None:
         number = info.GetResidueNumber()
         if name == "N" and number == 1:
             atom.SetFormalCharge(1)
-        elif name == "OXT" and number == n_residues:
-            atom.SetFormalCharge(-1)
-        elif (residue, name) in (("ASP", "OD2"), ("GLU", "OE2")):
+        elif (residue, name) in CARBOXYLATE_OXYGENS or (
+            name == "OXT" and number == n_residues
+        ):
             atom.SetFormalCharge(-1)
         elif (residue, name) == ("LYS", "NZ"):
             atom.SetFormalCharge(1)
@@ -171,8 +174,10 @@ def backbone_atoms(mol: Chem.Mol) -> list[BackboneAtoms]:
         name = info.GetName().strip()
         if name in ("N", "CA", "C", "O"):
             by_residue.setdefault(info.GetResidueNumber(), {})[name] = atom.GetIdx()
-    return [BackboneAtoms(**{k.lower(): v for k, v in by_residue[number].items()})
-            for number in sorted(by_residue)]
+    return [
+        BackboneAtoms(**{k.lower(): v for k, v in by_residue[number].items()})
+        for number in sorted(by_residue)
+    ]
 
 
 def embed(mol: Chem.Mol, seed: int) -> int:
@@ -262,7 +267,7 @@ def rigid_heavy_atoms(mol: Chem.Mol) -> np.ndarray:
 
 
 def has_clash(mol: Chem.Mol, conf_id: int, atoms: np.ndarray) -> bool:
-    """Return True when two of ``atoms`` four or more bonds apart lie closer than 2.6 Å."""
+    """Return True when two ``atoms`` four or more bonds apart are closer than 2.6 Å."""
     xyz = mol.GetConformer(conf_id).GetPositions()[atoms]
     topological = Chem.GetDistanceMatrix(mol)[np.ix_(atoms, atoms)]
     distance = np.linalg.norm(xyz[:, None, :] - xyz[None, :, :], axis=-1)
@@ -270,7 +275,9 @@ def has_clash(mol: Chem.Mol, conf_id: int, atoms: np.ndarray) -> bool:
     return bool(close.any())
 
 
-def sample_basins(n_residues: int, rng: np.random.Generator) -> list[tuple[float, float]]:
+def sample_basins(
+    n_residues: int, rng: np.random.Generator
+) -> list[tuple[float, float]]:
     """Draw each residue's (phi, psi) in degrees from :data:`RAMACHANDRAN_BASINS`."""
     weights = np.array([basin[2] for basin in RAMACHANDRAN_BASINS])
     choices = rng.choice(
@@ -284,9 +291,7 @@ def sample_basins(n_residues: int, rng: np.random.Generator) -> list[tuple[float
     return angles
 
 
-def with_backbone(
-    mol: Chem.Mol, phi_psi: list[tuple[float, float]]
-) -> Chem.Mol | None:
+def with_backbone(mol: Chem.Mol, phi_psi: list[tuple[float, float]]) -> Chem.Mol | None:
     """Return a copy of ``mol`` whose first conformer has the given backbone.
 
     Returns None when the rigid atoms (:func:`rigid_heavy_atoms`) clash. Side chains
@@ -304,7 +309,7 @@ def with_backbone(
 def backbone_ensemble(
     mol: Chem.Mol, n_random: int, rng: np.random.Generator
 ) -> list[tuple[str, Chem.Mol]]:
-    """Return labelled copies of ``mol`` with the named and ``n_random`` random backbones.
+    """Return labelled copies of ``mol`` with the named and ``n_random`` backbones.
 
     Parameters
     ----------
@@ -382,9 +387,26 @@ def rebuild_hydrogens(mol: Chem.Mol) -> Chem.Mol:
 
 
 THREE_TO_ONE = {
-    "ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E",
-    "GLY": "G", "HIS": "H", "ILE": "I", "LEU": "L", "LYS": "K", "MET": "M", "PHE": "F",
-    "PRO": "P", "SER": "S", "THR": "T", "TRP": "W", "TYR": "Y", "VAL": "V",
+    "ALA": "A",
+    "ARG": "R",
+    "ASN": "N",
+    "ASP": "D",
+    "CYS": "C",
+    "GLN": "Q",
+    "GLU": "E",
+    "GLY": "G",
+    "HIS": "H",
+    "ILE": "I",
+    "LEU": "L",
+    "LYS": "K",
+    "MET": "M",
+    "PHE": "F",
+    "PRO": "P",
+    "SER": "S",
+    "THR": "T",
+    "TRP": "W",
+    "TYR": "Y",
+    "VAL": "V",
 }
 
 
@@ -402,12 +424,16 @@ def from_pdb(pdb_text: str) -> Chem.Mol:
         number = int(line[22:26])
         residues[number] = line[17:20].strip()
         coordinates[(number, line[12:16].strip())] = (
-            float(line[30:38]), float(line[38:46]), float(line[46:54])
+            float(line[30:38]),
+            float(line[38:46]),
+            float(line[46:54]),
         )
     try:
         sequence = "".join(THREE_TO_ONE[residues[n]] for n in sorted(residues))
     except KeyError as error:
-        raise InputError(f"peptide PDB has a non-standard residue {error.args[0]}") from None
+        raise InputError(
+            f"peptide PDB has a non-standard residue {error.args[0]}"
+        ) from None
     heavy = Chem.RemoveHs(build_peptide(sequence))
     conformer = Chem.Conformer(heavy.GetNumAtoms())
     for atom in heavy.GetAtoms():

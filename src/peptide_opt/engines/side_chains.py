@@ -18,22 +18,39 @@ from scipy.spatial import cKDTree
 
 #: Chi dihedrals of each residue as PDB atom names (IUPAC-IUB 1970 definitions).
 CHI_ATOMS: dict[str, tuple[tuple[str, str, str, str], ...]] = {
-    "ARG": (("N", "CA", "CB", "CG"), ("CA", "CB", "CG", "CD"),
-            ("CB", "CG", "CD", "NE"), ("CG", "CD", "NE", "CZ")),
+    "ARG": (
+        ("N", "CA", "CB", "CG"),
+        ("CA", "CB", "CG", "CD"),
+        ("CB", "CG", "CD", "NE"),
+        ("CG", "CD", "NE", "CZ"),
+    ),
     "ASN": (("N", "CA", "CB", "CG"), ("CA", "CB", "CG", "OD1")),
     "ASP": (("N", "CA", "CB", "CG"), ("CA", "CB", "CG", "OD1")),
     "CYS": (("N", "CA", "CB", "SG"),),
-    "GLN": (("N", "CA", "CB", "CG"), ("CA", "CB", "CG", "CD"),
-            ("CB", "CG", "CD", "OE1")),
-    "GLU": (("N", "CA", "CB", "CG"), ("CA", "CB", "CG", "CD"),
-            ("CB", "CG", "CD", "OE1")),
+    "GLN": (
+        ("N", "CA", "CB", "CG"),
+        ("CA", "CB", "CG", "CD"),
+        ("CB", "CG", "CD", "OE1"),
+    ),
+    "GLU": (
+        ("N", "CA", "CB", "CG"),
+        ("CA", "CB", "CG", "CD"),
+        ("CB", "CG", "CD", "OE1"),
+    ),
     "HIS": (("N", "CA", "CB", "CG"), ("CA", "CB", "CG", "ND1")),
     "ILE": (("N", "CA", "CB", "CG1"), ("CA", "CB", "CG1", "CD1")),
     "LEU": (("N", "CA", "CB", "CG"), ("CA", "CB", "CG", "CD1")),
-    "LYS": (("N", "CA", "CB", "CG"), ("CA", "CB", "CG", "CD"),
-            ("CB", "CG", "CD", "CE"), ("CG", "CD", "CE", "NZ")),
-    "MET": (("N", "CA", "CB", "CG"), ("CA", "CB", "CG", "SD"),
-            ("CB", "CG", "SD", "CE")),
+    "LYS": (
+        ("N", "CA", "CB", "CG"),
+        ("CA", "CB", "CG", "CD"),
+        ("CB", "CG", "CD", "CE"),
+        ("CG", "CD", "CE", "NZ"),
+    ),
+    "MET": (
+        ("N", "CA", "CB", "CG"),
+        ("CA", "CB", "CG", "SD"),
+        ("CB", "CG", "SD", "CE"),
+    ),
     "PHE": (("N", "CA", "CB", "CG"), ("CA", "CB", "CG", "CD1")),
     "SER": (("N", "CA", "CB", "OG"),),
     "THR": (("N", "CA", "CB", "OG1"),),
@@ -108,7 +125,9 @@ def pack_side_chains(
                 if penalty < best_penalty:
                     best_penalty, best_angles = penalty, angles
             for chi, angle in zip(chis, best_angles):
-                rdMolTransforms.SetDihedralDeg(conformer, *[names[a] for a in chi], angle)
+                rdMolTransforms.SetDihedralDeg(
+                    conformer, *[names[a] for a in chi], angle
+                )
             total += best_penalty
     return total
 
@@ -151,7 +170,9 @@ def _overlap(
     moving_xyz = xyz[moving]
     penalty = 0.0
     if box is not None:
-        outside = np.clip(box[0] - moving_xyz, 0, None) + np.clip(moving_xyz - box[1], 0, None)
+        outside = np.clip(box[0] - moving_xyz, 0, None) + np.clip(
+            moving_xyz - box[1], 0, None
+        )
         penalty += OUTSIDE_WEIGHT * float(outside.sum())
     for neighbours, point in zip(
         receptor_tree.query_ball_point(moving_xyz, CONTACT_DISTANCE), moving_xyz
@@ -160,6 +181,8 @@ def _overlap(
             distance = np.linalg.norm(receptor_tree.data[neighbours] - point, axis=1)
             penalty += float(np.sum((CONTACT_DISTANCE - distance) ** 2))
     if len(others):
-        distance = np.linalg.norm(moving_xyz[:, None, :] - xyz[others][None, :, :], axis=2)
+        distance = np.linalg.norm(
+            moving_xyz[:, None, :] - xyz[others][None, :, :], axis=2
+        )
         penalty += float(np.sum(np.clip(CONTACT_DISTANCE - distance, 0.0, None) ** 2))
     return penalty

@@ -106,7 +106,7 @@ class SearchSettings:
 
 @dataclasses.dataclass
 class LigandPDBQT:
-    """A ligand's PDBQT text and the map from molecule atom index to PDBQT atom index."""
+    """A ligand's PDBQT text and the map from molecule atom to PDBQT atom index."""
 
     text: str
     atom_to_pdbqt: dict[int, int]
@@ -145,7 +145,7 @@ class VinaDockingEngine:
         seed: int,
         cores: int,
     ) -> list[Pose]:
-        """Dock ``peptide`` into ``site``; return up to ``n_poses`` poses, best first."""
+        """Dock ``peptide`` in ``site``; return up to ``n_poses`` poses, best first."""
         started = time.perf_counter()
         grid = self.grid(receptor, site, cores, seed)
         receptor_xyz = _receptor_heavy_xyz(receptor.pdb_text)
@@ -192,7 +192,9 @@ class VinaDockingEngine:
             for candidate in kept
         ]
 
-    def score(self, receptor: Receptor, site: Site, poses: list[Pose], cores: int) -> None:
+    def score(
+        self, receptor: Receptor, site: Site, poses: list[Pose], cores: int
+    ) -> None:
         """Optimize each pose locally (all torsions free); set ``affinity`` in kcal/mol.
 
         The pose's ``peptide_pdb`` is replaced by the optimized coordinates.
@@ -259,7 +261,7 @@ class VinaDockingEngine:
     def _dock_backbone(
         self, grid: Vina, label: str, conformer: Chem.Mol
     ) -> list[Candidate]:
-        """Dock the CB-truncated backbone rigidly; return its placements as candidates."""
+        """Dock the CB-truncated backbone as a rigid body and return its placements."""
         truncated = peptide_builder.truncate_side_chains(conformer)
         ligand = ligand_pdbqt(truncated, rigid="all")
         settings = self.settings
@@ -273,16 +275,22 @@ class VinaDockingEngine:
             max_evals=settings.max_evals,
         )
         coordinates = grid.poses(
-            n_poses=settings.poses_per_backbone, energy_range=100.0, coordinates_only=True
+            n_poses=settings.poses_per_backbone,
+            energy_range=100.0,
+            coordinates_only=True,
         )
-        energies = grid.energies(n_poses=settings.poses_per_backbone, energy_range=100.0)
+        energies = grid.energies(
+            n_poses=settings.poses_per_backbone, energy_range=100.0
+        )
 
         reference = _backbone_xyz(truncated)
         backbone_index = _backbone_indices(truncated)
         conformer_xyz = conformer.GetConformer().GetPositions()
         candidates = []
         for pose_xyz, energy in zip(coordinates, energies):
-            posed = np.array([pose_xyz[ligand.atom_to_pdbqt[i]] for i in backbone_index])
+            posed = np.array(
+                [pose_xyz[ligand.atom_to_pdbqt[i]] for i in backbone_index]
+            )
             rotation, translation = _kabsch(reference, posed)
             placed = Chem.Mol(conformer)
             _set_positions(placed, conformer_xyz @ rotation.T + translation)
@@ -393,7 +401,7 @@ def ligand_pdbqt(mol: Chem.Mol, rigid: str) -> LigandPDBQT:
 
 
 def _index_map(pdbqt: str) -> dict[int, int]:
-    """Parse ``REMARK INDEX MAP`` pairs (1-based molecule, PDBQT) into 0-based indices."""
+    """Parse ``REMARK INDEX MAP`` pairs (1-based molecule, PDBQT) into 0-based ones."""
     numbers: list[int] = []
     for line in pdbqt.splitlines():
         if line.startswith("REMARK INDEX MAP"):
@@ -426,12 +434,14 @@ def _receptor_heavy_xyz(pdb_text: str) -> np.ndarray:
         if line.startswith(("ATOM  ", "HETATM")):
             element = line[76:78].strip() or line[12:14].strip()
             if element.upper() not in ("H", "D"):
-                rows.append((float(line[30:38]), float(line[38:46]), float(line[46:54])))
+                rows.append(
+                    (float(line[30:38]), float(line[38:46]), float(line[46:54]))
+                )
     return np.array(rows)
 
 
 def _box_corners(site: Site, inset: float) -> tuple[np.ndarray, np.ndarray]:
-    """Return the lower and upper corners (Å) of the box shrunk by ``inset`` per side."""
+    """Return the lower and upper corners (Å) of the box less ``inset`` per side."""
     center = np.array(site.center)
     half = np.array(site.size) / 2.0 - inset
     return center - half, center + half
@@ -460,7 +470,10 @@ def _set_positions(mol: Chem.Mol, xyz: np.ndarray) -> None:
 
 
 def _kabsch(reference: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return rotation R and translation t with ``reference @ R.T + t`` closest to target."""
+    """Return rotation R and translation t that best map ``reference`` on ``target``.
+
+    The mapped coordinates are ``reference @ R.T + t``.
+    """
     ref_center = reference.mean(axis=0)
     target_center = target.mean(axis=0)
     covariance = (reference - ref_center).T @ (target - target_center)
@@ -476,7 +489,9 @@ def backbone_rmsd(first: np.ndarray, second: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum((first - second) ** 2, axis=1))))
 
 
-def _cluster(candidates: list[Candidate], threshold: float, limit: int) -> list[Candidate]:
+def _cluster(
+    candidates: list[Candidate], threshold: float, limit: int
+) -> list[Candidate]:
     """Keep the best candidates whose backbones differ by at least ``threshold`` Å."""
     kept: list[Candidate] = []
     for candidate in sorted(candidates, key=lambda c: (c.energy, c.label)):
@@ -493,7 +508,10 @@ def _cluster(candidates: list[Candidate], threshold: float, limit: int) -> list[
 def _fitting_conformers(
     ensemble: list[tuple[str, Chem.Mol]], site: Site
 ) -> list[tuple[str, Chem.Mol]]:
-    """Drop conformers longer than the box diagonal; keep the three most compact if none fit."""
+    """Drop conformers longer than the box diagonal.
+
+    When none fits, the three most compact are kept.
+    """
     diagonal = float(np.linalg.norm(site.size))
     spans = []
     for label, mol in ensemble:
@@ -513,7 +531,9 @@ def _set_ligand(grid: Vina, pdbqt: str) -> None:
     one-atom ligand in between lowers the peak: three 7-residue peptides in a row
     peaked at 2.4 GB without it and 1.7 GB with it (measured with Vina 1.2.7).
     """
-    n_atoms = sum(1 for line in pdbqt.splitlines() if line.startswith(("ATOM", "HETATM")))
+    n_atoms = sum(
+        1 for line in pdbqt.splitlines() if line.startswith(("ATOM", "HETATM"))
+    )
     estimate = LIGAND_MEMORY_MB_PER_ATOM_PAIR * n_atoms**2
     if estimate > MAX_LIGAND_MEMORY_MB:
         raise EngineError(
@@ -525,7 +545,8 @@ def _set_ligand(grid: Vina, pdbqt: str) -> None:
     x, y, z = grid.info()["box_center"]
     placeholder = (
         "ROOT\n"
-        f"ATOM      1  C   UNL     1    {x:8.3f}{y:8.3f}{z:8.3f}  0.00  0.00    +0.000 C \n"
+        "ATOM      1  C   UNL     1    "
+        f"{x:8.3f}{y:8.3f}{z:8.3f}  0.00  0.00    +0.000 C \n"
         "ENDROOT\nTORSDOF 0\n"
     )
     _call_vina("set_ligand_from_string", grid.set_ligand_from_string, placeholder)

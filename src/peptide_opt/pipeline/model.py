@@ -28,7 +28,7 @@ def build_peptide_model(sequence: str, seed: int) -> PeptideModel:
 
 
 def check_sequence(sequence: str) -> str:
-    """Return the upper-case sequence or raise :class:`InputError` naming the problem."""
+    """Return the sequence in upper case; raise :class:`InputError` if it is invalid."""
     cleaned = sequence.strip().upper()
     if not MIN_PEPTIDE_LENGTH <= len(cleaned) <= MAX_PEPTIDE_LENGTH:
         raise InputError(

@@ -118,7 +118,9 @@ def receptor_heavy_atoms(pdb_text: str) -> ReceptorAtoms:
         xyz.append((float(line[30:38]), float(line[38:46]), float(line[46:54])))
         elements.append(element)
         residue_ids.append(f"{line[21]}:{line[17:20].strip()}{line[22:27].strip()}")
-    return ReceptorAtoms(np.array(xyz, dtype=float).reshape(-1, 3), elements, residue_ids)
+    return ReceptorAtoms(
+        np.array(xyz, dtype=float).reshape(-1, 3), elements, residue_ids
+    )
 
 
 def check_box(site: Site, atoms: ReceptorAtoms) -> None:
@@ -135,8 +137,8 @@ def check_box(site: Site, atoms: ReceptorAtoms) -> None:
     high = atoms.xyz.max(axis=0) + CENTER_MARGIN
     if np.any(center < low) or np.any(center > high):
         raise InputError(
-            f"site_center {_format_vector(center)} lies outside the receptor's bounding "
-            f"box {_format_vector(low + CENTER_MARGIN)} .. "
+            f"site_center {_format_vector(center)} lies outside the receptor's "
+            f"bounding box {_format_vector(low + CENTER_MARGIN)} .. "
             f"{_format_vector(high - CENTER_MARGIN)} plus {CENTER_MARGIN:g} Å"
         )
 
@@ -157,8 +159,8 @@ def chain_site(
     marker = receptor.site_marker_xyz
     if marker is None or len(marker) == 0:
         raise InputError(
-            f"site_chain {chain_id!r} gave no atoms to place the docking box; check that "
-            "the receptor file contains that chain"
+            f"site_chain {chain_id!r} gave no atoms to place the docking box; check "
+            "that the receptor file contains that chain"
         )
     low = marker.min(axis=0)
     high = marker.max(axis=0)
@@ -171,7 +173,7 @@ def chain_site(
         detail={
             "site_chain": chain_id,
             "site_margin": margin,
-            "n_marker_atoms": int(len(marker)),
+            "n_marker_atoms": len(marker),
             "marker_extent": [round(float(v), 3) for v in high - low],
         },
     )
@@ -229,9 +231,10 @@ def detect_pockets(xyz: np.ndarray) -> list[Pocket]:
 
     The method is a grid buriedness search. Grid points at spacing 1 Å that are empty
     (no heavy atom within 3 Å) but near the surface (one within 6 Å) cast 30 rays of
-    12 Å in directions spread evenly on a sphere. The buriedness of a point is the fraction of its rays that pass within
-    1.8 Å of a heavy atom. Points with buriedness of at least 0.6 are buried; buried
-    points that touch (26-neighbourhood) form a pocket.
+    12 Å in directions spread evenly on a sphere. The buriedness of a point is the
+    fraction of its rays that pass within 1.8 Å of a heavy atom. Points with
+    buriedness of at least 0.6 are buried, and buried points that touch
+    (26-neighbourhood) form a pocket.
 
     Parameters
     ----------
@@ -276,13 +279,17 @@ def _ray_directions(n: int) -> np.ndarray:
     polar = np.arccos(1.0 - 2.0 * index / n)
     azimuth = np.pi * (1.0 + 5**0.5) * index
     return np.stack(
-        [np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)],
+        [
+            np.cos(azimuth) * np.sin(polar),
+            np.sin(azimuth) * np.sin(polar),
+            np.cos(polar),
+        ],
         axis=1,
     )
 
 
 def _ray_buriedness(start_index: np.ndarray, blocked: np.ndarray) -> np.ndarray:
-    """Return the fraction of rays from each start grid point that hit a blocked cell."""
+    """Return the fraction of rays from each start grid point that hit the receptor."""
     directions = _ray_directions(N_RAYS)
     steps = np.arange(1, int(RAY_LENGTH / RAY_STEP) + 1) * RAY_STEP / POCKET_SPACING
     shape = np.array(blocked.shape)
@@ -302,7 +309,7 @@ def _ray_buriedness(start_index: np.ndarray, blocked: np.ndarray) -> np.ndarray:
 
 
 def pocket_lining(pocket: Pocket, atoms: ReceptorAtoms) -> tuple[list[str], list[str]]:
-    """Return the residues with a heavy atom within 4 Å of the pocket, and its metals."""
+    """Return the residues with a heavy atom within 4 Å of the pocket, and metals."""
     tree = cKDTree(pocket.points)
     distance, _ = tree.query(atoms.xyz, distance_upper_bound=4.0)
     near = np.flatnonzero(np.isfinite(distance))

@@ -116,3 +116,28 @@ def test_run_needs_one_input_form(tmp_path):
     completed = run_cli("--input-dir", str(tmp_path), "--peptide", "PQQ", cwd=tmp_path)
     assert completed.returncode == 2
     assert "give exactly one input form" in completed.stderr
+
+
+@pytest.mark.parametrize("name", ["missing.pdb", "."])
+def test_run_missing_or_folder_receptor_exit_2(tmp_path, name):
+    completed = run_cli("--receptor", name, "--peptide", "PQQATDD", cwd=tmp_path)
+    assert completed.returncode == 2, completed.stderr
+    assert "receptor" in completed.stderr
+    assert ("file not found" in completed.stderr) or ("is a folder" in completed.stderr)
+
+
+def test_repeated_config_key_warns(job_folder):
+    (job_folder / "optimization_config.txt").write_text("n_poses=3\nn_poses=1\n")
+    inputs = load_job_folder(job_folder)
+    assert inputs.config.n_poses == 1
+    assert "line 2: n_poses is given again; the last value '1' is used" in inputs.warnings[0]
+
+
+def test_previous_outputs_removed(tmp_path):
+    from peptide_opt.pipeline.outputs import remove_previous_outputs
+
+    for name in ("complex2.pdb", "design3.pdb", "result.csv", "manifest.json", "design_notes.pdb", "run.log"):
+        (tmp_path / name).write_text("x")
+    remove_previous_outputs(tmp_path)
+    # Only this program's own output names go; a user's file and the log stay.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["design_notes.pdb", "run.log"]

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(
             f"peptide-opt: internal error: {type(error).__name__}: {error} "
-            "(run with --debug for the traceback)",
+            "(run peptide-opt --debug COMMAND ... for the traceback)",
             file=sys.stderr,
         )
         return 1

@@ -240,8 +240,15 @@ IGNORED_KEYS = {
 CONFIG_KEYS = tuple(PARSERS)
 
 
-def parse_config_text(text: str, source: str = "optimization_config.txt") -> dict[str, str]:
-    """Parse ``key=value`` lines; ``#`` starts a comment, blank lines are skipped."""
+def parse_config_text(
+    text: str,
+    source: str = "optimization_config.txt",
+    warnings: list[str] | None = None,
+) -> dict[str, str]:
+    """Parse ``key=value`` lines; ``#`` starts a comment, blank lines are skipped.
+
+    A key given twice keeps its last value, with a message added to ``warnings``.
+    """
     values: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
@@ -250,7 +257,13 @@ def parse_config_text(text: str, source: str = "optimization_config.txt") -> dic
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
             raise InputError(f"{source} line {number}: expected key=value, got {line!r}")
-        values[key.strip()] = value.strip()
+        key = key.strip()
+        if key in values and warnings is not None:
+            warnings.append(
+                f"{source} line {number}: {key} is given again; the last value "
+                f"{value.strip()!r} is used"
+            )
+        values[key] = value.strip()
     return values
 
 

@@ -40,7 +40,8 @@ KEY_HELP = {
     "receptor_chains": "receptor chains, e.g. A or A,B (default: all protein chains "
     "but --site-chain)",
     "site_chain": "chain that marks the site; it is removed from the receptor",
-    "site_center": "site box centre x,y,z in Å",
+    "site_center": "site box centre x,y,z in Å (write --site-center=-21.7,12.1,27.3 "
+    "when x is negative)",
     "site_size": "site box edges x,y,z in Å, each 5-40",
     "site_margin": "margin around --site-chain in Å, 0-20 (default 8)",
     "ph": "pH for receptor hydrogens, 0-14 (default 7.4)",

@@ -43,6 +43,9 @@ def load_files(
     """Build a job from a receptor file and a peptide given as a sequence, FASTA text or
     the path of a FASTA file."""
     warnings: list[str] = []
+    if not receptor.is_file():
+        what = "is a folder, not a file" if receptor.is_dir() else "file not found"
+        raise InputError(f"receptor {receptor}: {what}")
     peptide_path = Path(peptide) if len(peptide) < 4096 else None
     if peptide_path is not None and peptide_path.is_file():
         sequence = read_peptide_file(peptide_path)
@@ -62,7 +65,9 @@ def load_job_folder(folder: Path, overrides: Mapping[str, Any] | None = None) ->
     values: dict[str, Any] = {}
     config_path = folder / CONFIG_FILE
     if config_path.is_file():
-        values.update(parse_config_text(config_path.read_text(errors="replace")))
+        values.update(
+            parse_config_text(config_path.read_text(errors="replace"), warnings=warnings)
+        )
     values.update({key: value for key, value in (overrides or {}).items() if value is not None})
     config = build_config(values, warnings)
 

@@ -146,6 +146,27 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: File names this module writes; an earlier run's files of these names are removed.
+OUTPUT_PATTERNS = (
+    "result.csv",
+    "result.json",
+    "designs.fasta",
+    MANIFEST_NAME,
+    "complex[0-9]*.pdb",
+    "complex[0-9]*.cif",
+    "design[0-9]*.pdb",
+)
+
+
+def remove_previous_outputs(output_dir: Path) -> None:
+    """Delete the result files an earlier run left in ``output_dir`` (run.log and the
+    .work checkpoints stay)."""
+    for pattern in OUTPUT_PATTERNS:
+        for path in output_dir.glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
 def write_manifest(output_dir: Path) -> dict[str, Any]:
     """Write manifest.json listing every other file of ``output_dir`` (size, sha256).
 

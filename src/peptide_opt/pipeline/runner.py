@@ -106,8 +106,9 @@ def run_pipeline(
         if value is not None and value not in RUN_STEPS:
             raise InputError(f"{name} must be one of {', '.join(RUN_STEPS)}, got {value!r}")
     output_dir.mkdir(parents=True, exist_ok=True)
-    # A manifest left by an earlier run would mark this run's partial outputs complete.
-    (output_dir / outputs.MANIFEST_NAME).unlink(missing_ok=True)
+    # A manifest left by an earlier run would mark this run's partial outputs complete,
+    # and its complexes would be listed with this run's.
+    outputs.remove_previous_outputs(output_dir)
     log_mode = "a" if (from_step or only_step or resume) else "w"
     with _run_log(output_dir / "run.log", log_mode):
         run = _PipelineRun(inputs, output_dir, max(1, cores), on_step, on_checkpoint)

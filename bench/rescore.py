@@ -145,17 +145,20 @@ def run_case(
         picked = [
             table[item.sequence]
             for item, table in zip(chosen, by_sequence)
-            if item is not None and item.sequence in table
+            if item is not None
+            and item.sequence in table
+            and table[item.sequence].affinity_delta is not None
+            and table[item.sequence].relaxed_delta is not None
         ]
         report(f"selection={selection}", picked)
     for pose, pose_designs, pose_scores in zip(poses, designs, scores):
         best = choose_design(pose, pose_designs, pose_scores, "rescore")
-        if not isinstance(best, DesignScore):
+        if not isinstance(best, DesignScore) or best.affinity_delta is None:
             continue
         print(
             f"    pose {pose.rank}: input {pose.affinity:7.2f}  chosen {best.sequence} "
             f"{best.affinity:7.2f} (delta {best.affinity_delta:+.2f}, relaxed delta "
-            f"{best.relaxed_delta:+.2f}, score {best.score:.3f} vs input "
+            f"{_signed(best.relaxed_delta)}, score {best.score:.3f} vs input "
             f"{pose_designs.native_score:.3f})"
         )
     sys.stdout.flush()
@@ -245,6 +248,10 @@ def time_threading(n_designs: int) -> None:
         f"per design median {statistics.median(seconds):.2f} s, max "
         f"{max(seconds):.2f} s; CPU time median {statistics.median(cpu_seconds):.2f} s"
     )
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
 
 
 def report(label: str, picked) -> None:

@@ -338,3 +338,34 @@ def test_thread_next_to_metal_ion(sidechain_engine, crystal_pose):
     threaded = sidechain_engine.thread(shell, moved, "PQQATDD")
     assert _sequence(threaded.pdb_text) == "PQQATDD"
     assert math.isfinite(threaded.interaction_energy)
+
+
+def test_selection_skips_unscored_design(selection_case):
+    pose, pose_designs, scores = selection_case
+    # CCCC reached outside the docking box, so Vina could not score it: AAAA, the other
+    # design below the input's score, is chosen.
+    unscored = [
+        dataclasses.replace(item, affinity=None, affinity_delta=None)
+        if item.sequence == "CCCC"
+        else item
+        for item in scores
+    ]
+    assert choose_design(pose, pose_designs, unscored, "rescore").sequence == "AAAA"
+
+
+def test_box_check_uses_inset():
+    from peptide_opt.pipeline.rescore import BOX_INSET, _inside_box
+    from peptide_opt.pipeline.types import Site
+
+    site = Site(center=(0.0, 0.0, 0.0), size=(20.0, 20.0, 20.0), source="site_center")
+
+    def peptide_at(x: float) -> str:
+        return (
+            f"ATOM      1  CA  GLY A   1    {x:8.3f}   0.000   0.000  1.00  0.00"
+            "           C\n"
+        )
+
+    # Half the edge is 10 Å; a heavy atom must stay BOX_INSET (1.1 Å) inside it.
+    assert _inside_box(peptide_at(10.0 - BOX_INSET - 0.01), site)
+    assert not _inside_box(peptide_at(10.0 - BOX_INSET + 0.01), site)
+    assert not _inside_box(peptide_at(-12.0), site)

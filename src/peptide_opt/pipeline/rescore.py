@@ -29,6 +29,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from peptide_opt.config import JobConfig
 from peptide_opt.errors import EngineError, InputError
 from peptide_opt.pipeline.assemble import assemble_complex
@@ -59,12 +61,14 @@ class DesignScore:
     amber14 nonbonded energy with the receptor. ``peptide_pdb`` is the design in its
     pose (chain A, after Vina's local optimization when the engine returns
     coordinates); ``complex_pdb`` the complex in the layout of ``complex{i}.pdb``, in
-    ``complex_format`` (``pdb`` or ``cif``).
+    ``complex_format`` (``pdb`` or ``cif``). ``affinity`` and the values derived from
+    it are None when the threaded design reaches outside the docking box, where Vina
+    has no grid maps.
     """
 
     sequence: str
     pose_rank: int | None
-    affinity: float
+    affinity: float | None
     affinity_delta: float | None
     relaxed_input_affinity: float | None
     relaxed_delta: float | None
@@ -194,8 +198,18 @@ def rescore_pose(
         )
         for sequence, item in threaded.items()
     }
+    inside = [item for item in scored.values() if _inside_box(item.peptide_pdb, site)]
+    if len(inside) < len(scored):
+        logger.warning(
+            "rescore_outside_box",
+            extra={
+                "step": "rescore",
+                "pose": pose.rank,
+                "n_designs": len(scored) - len(inside),
+            },
+        )
     # One call for the whole pose, so the engine prepares the receptor and box once.
-    engine.score(receptor, site, list(scored.values()), cores)
+    engine.score(receptor, site, inside, cores)
     relaxed_input = _affinity(scored[designs.native_sequence], designs.native_sequence)
 
     results = []
@@ -260,26 +274,47 @@ def choose_design(
     lowest = choose_best_design(pose_designs)
     if selection == "rescore" and scores:
         below = [
-            item for item in scores.values() if item.score < pose_designs.native_score
+            item
+            for item in scores.values()
+            if item.score < pose_designs.native_score and item.affinity is not None
         ]
         if below:
             return min(below, key=lambda item: (item.affinity, item.score, item.sample))
     return scores.get(lowest.sequence, lowest)
 
 
-def _affinity(pose: Pose, sequence: str) -> float:
-    if pose.affinity is None or not math.isfinite(pose.affinity):
+def _affinity(pose: Pose, sequence: str) -> float | None:
+    """Return the pose's Vina affinity, or None when the pose was not scored."""
+    if pose.affinity is None:
+        return None
+    if not math.isfinite(pose.affinity):
         raise EngineError(
-            f"the docking engine returned no affinity for design {sequence} on pose "
-            f"{pose.rank}"
+            f"the docking engine returned affinity {pose.affinity} for design "
+            f"{sequence} on pose {pose.rank}"
         )
     return float(pose.affinity)
 
 
-def _difference(value: float, reference: float | None) -> float | None:
-    if reference is None:
+def _difference(value: float | None, reference: float | None) -> float | None:
+    if value is None or reference is None:
         return None
     return round(value - reference, 3)
+
+
+#: Heavy atoms must lie this far (Å) inside the box, so that the hydrogens the docking
+#: engine places (at most 1.1 Å from their heavy atom) are inside too.
+BOX_INSET = 1.1
+
+
+def _inside_box(peptide_pdb: str, site: Site) -> bool:
+    """Return whether every heavy atom lies inside the docking box, ``BOX_INSET`` in."""
+    xyz = []
+    for line in peptide_pdb.splitlines():
+        if line.startswith(("ATOM  ", "HETATM")) and line[76:78].strip() != "H":
+            xyz.append((float(line[30:38]), float(line[38:46]), float(line[46:54])))
+    center = np.asarray(site.center)
+    half = np.asarray(site.size) / 2.0 - BOX_INSET
+    return bool(np.all(np.abs(np.asarray(xyz) - center) <= half))
 
 
 @contextlib.contextmanager

@@ -208,7 +208,9 @@ def _better(candidate: DesignScore, best: DesignScore | None, selection: str) ->
         return True
     if selection == "mpnn":
         return candidate.score < best.score
-    return candidate.affinity < best.affinity
+    if candidate.affinity is None:
+        return False
+    return best.affinity is None or candidate.affinity < best.affinity
 
 
 def _record(

@@ -20,7 +20,7 @@ from typing import Any
 
 from peptide_opt import __version__
 from peptide_opt.errors import InputError
-from peptide_opt.pipeline import analyze, assemble, checkpoints, outputs
+from peptide_opt.pipeline import STEPS, analyze, assemble, checkpoints, outputs
 from peptide_opt.pipeline.inputs import JobInputs, check_stated_prefix, load_job_folder
 from peptide_opt.pipeline.prepare import prepare_receptor
 from peptide_opt.pipeline.types import PeptideModel
@@ -28,17 +28,7 @@ from peptide_opt.pipeline.types import PeptideModel
 logger = logging.getLogger(__name__)
 
 #: The steps this runner executes, in order (``upload`` belongs to the caller).
-RUN_STEPS = (
-    "prepare",
-    "model",
-    "site",
-    "dock",
-    "score",
-    "assemble",
-    "design",
-    "rescore",
-    "analyze",
-)
+RUN_STEPS = tuple(step for step in STEPS if step != "upload")
 
 #: Progress (percent) reached when each step finishes; ``upload`` brings it to 100.
 STEP_PROGRESS = {

@@ -351,21 +351,3 @@ def test_selection_skips_unscored_design(selection_case):
         for item in scores
     ]
     assert choose_design(pose, pose_designs, unscored, "rescore").sequence == "AAAA"
-
-
-def test_box_check_uses_inset():
-    from peptide_opt.pipeline.rescore import BOX_INSET, _inside_box
-    from peptide_opt.pipeline.types import Site
-
-    site = Site(center=(0.0, 0.0, 0.0), size=(20.0, 20.0, 20.0), source="site_center")
-
-    def peptide_at(x: float) -> str:
-        return (
-            f"ATOM      1  CA  GLY A   1    {x:8.3f}   0.000   0.000  1.00  0.00"
-            "           C\n"
-        )
-
-    # Half the edge is 10 Å; a heavy atom must stay BOX_INSET (1.1 Å) inside it.
-    assert _inside_box(peptide_at(10.0 - BOX_INSET - 0.01), site)
-    assert not _inside_box(peptide_at(10.0 - BOX_INSET + 0.01), site)
-    assert not _inside_box(peptide_at(-12.0), site)

@@ -29,8 +29,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
 from peptide_opt.config import JobConfig
 from peptide_opt.errors import EngineError, InputError
 from peptide_opt.pipeline.assemble import assemble_complex
@@ -198,18 +196,7 @@ def rescore_pose(
         )
         for sequence, item in threaded.items()
     }
-    inside = [item for item in scored.values() if _inside_box(item.peptide_pdb, site)]
-    if len(inside) < len(scored):
-        logger.warning(
-            "rescore_outside_box",
-            extra={
-                "step": "rescore",
-                "pose": pose.rank,
-                "n_designs": len(scored) - len(inside),
-            },
-        )
-    # One call for the whole pose, so the engine prepares the receptor and box once.
-    engine.score(receptor, site, inside, cores)
+    _score_poses(engine, receptor, site, list(scored.values()), cores)
     relaxed_input = _affinity(scored[designs.native_sequence], designs.native_sequence)
 
     results = []
@@ -301,20 +288,37 @@ def _difference(value: float | None, reference: float | None) -> float | None:
     return round(value - reference, 3)
 
 
-#: Heavy atoms must lie this far (Å) inside the box, so that the hydrogens the docking
-#: engine places (at most 1.1 Å from their heavy atom) are inside too.
-BOX_INSET = 1.1
+def _score_poses(
+    engine: Any, receptor: Receptor, site: Site, poses: list[Pose], cores: int
+) -> None:
+    """Score the poses in one call; when Vina rejects a pose outside the grid box, score
+    them one at a time and leave the rejected ones with ``affinity`` None."""
+    try:
+        # One call for the whole pose set, so the engine prepares receptor and box once.
+        engine.score(receptor, site, poses, cores)
+        return
+    except EngineError as error:
+        if OUTSIDE_BOX_MESSAGE not in str(error):
+            raise
+    for pose in poses:
+        pose.affinity = None
+        try:
+            engine.score(receptor, site, [pose], cores)
+        except EngineError as error:
+            if OUTSIDE_BOX_MESSAGE not in str(error):
+                raise
+            logger.warning(
+                "rescore_outside_box",
+                extra={
+                    "step": "rescore",
+                    "pose": pose.rank,
+                    "sequence": pose.detail.get("sequence"),
+                },
+            )
 
 
-def _inside_box(peptide_pdb: str, site: Site) -> bool:
-    """Return whether every heavy atom lies inside the docking box, ``BOX_INSET`` in."""
-    xyz = []
-    for line in peptide_pdb.splitlines():
-        if line.startswith(("ATOM  ", "HETATM")) and line[76:78].strip() != "H":
-            xyz.append((float(line[30:38]), float(line[38:46]), float(line[46:54])))
-    center = np.asarray(site.center)
-    half = np.asarray(site.size) / 2.0 - BOX_INSET
-    return bool(np.all(np.abs(np.asarray(xyz) - center) <= half))
+#: Vina's message for a ligand with atoms outside its grid maps (Vina 1.2.7).
+OUTSIDE_BOX_MESSAGE = "outside the grid box"
 
 
 @contextlib.contextmanager

@@ -291,8 +291,11 @@ def _difference(value: float | None, reference: float | None) -> float | None:
 def _score_poses(
     engine: Any, receptor: Receptor, site: Site, poses: list[Pose], cores: int
 ) -> None:
-    """Score the poses in one call; when Vina rejects a pose outside the grid box, score
-    them one at a time and leave the rejected ones with ``affinity`` None."""
+    """Score the poses in one call, or one at a time when Vina rejects one of them.
+
+    Vina rejects a ligand with atoms outside its grid box. Such poses keep ``affinity``
+    None, and any other engine error is raised.
+    """
     try:
         # One call for the whole pose set, so the engine prepares receptor and box once.
         engine.score(receptor, site, poses, cores)

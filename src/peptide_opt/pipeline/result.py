@@ -29,6 +29,12 @@ def build_result(run: Any) -> dict[str, Any]:
             cache[seq] = analyze.peptide_properties(seq)
         return cache[seq]
 
+    rounds = _plain(run.rounds) if run.rounds is not None else None
+    contacts = None
+    if run.design_scores:
+        from peptide_opt.pipeline.rescore import input_contacts
+
+        contacts = input_contacts(run.receptor, run.poses)
     pose_records = []
     for index, (pose, assembled) in enumerate(zip(run.poses, run.complexes)):
         designs = run.pose_designs[index] if run.pose_designs else None
@@ -36,7 +42,16 @@ def build_result(run: Any) -> dict[str, Any]:
         record = _pose_record(
             pose, assembled, designs, scores, run.config, sequence, properties
         )
+        if contacts is not None:
+            record["input_contacts"] = contacts[index].to_dict()
+        if rounds is not None and rounds["best"][index] is not None:
+            _take_round_best(record, rounds["best"][index], properties)
         pose_records.append(record)
+    if rounds is not None:
+        for best in rounds["best"]:
+            for name in _FILE_FIELDS:
+                if best is not None:
+                    best.pop(name, None)
 
     engines = {"docking": _engine_info(get_engine("docking"))}
     if run.config.proteinmpnn_enabled:
@@ -72,9 +87,24 @@ def build_result(run: Any) -> dict[str, Any]:
         "timings": dict(run.timings),
         "warnings": warnings,
     }
-    if run.rounds is not None:
-        record["rounds"] = _plain(run.rounds)
+    if rounds is not None:
+        record["rounds"] = rounds
     return record
+
+
+def _take_round_best(record: dict[str, Any], best: dict[str, Any], properties) -> None:
+    """Make the best design over all rounds the pose's chosen design."""
+    chosen = {
+        key: best.get(key)
+        for key in ("sequence", "score", "global_score", "seq_recovery", "affinity")
+    }
+    chosen["affinity_delta"] = best.get("affinity_delta")
+    chosen["properties"] = properties(best["sequence"])
+    record["best_design"] = chosen
+    text = best.get("complex_pdb") or best.get("complex_text")
+    if text:
+        record["design_file"] = f"design{record['rank']}.pdb"
+        record["design_pdb_text"] = text
 
 
 def _pose_record(

@@ -462,9 +462,9 @@ def _repair_with_pdbfixer(
     from pdbfixer import PDBFixer
 
     structure.remove_empty_chains()
-    # NOTE: the prepared receptor is kept as PDB text, so a receptor whose chain IDs
-    # exceed two characters or whose atoms exceed 99,999 fails here with gemmi's
-    # message; keeping it as mmCIF through the docking engine would lift this limit.
+    # NOTE: the prepared receptor is kept as PDB text, so a receptor with chain IDs
+    # longer than two characters or more than 99,999 atoms is rejected here. Keeping it
+    # as mmCIF through the docking engine would lift this limit.
     try:
         pdb_text = structure.make_pdb_string(gemmi.PdbWriteOptions(minimal=True))
     except RuntimeError as error:

@@ -2,7 +2,7 @@
 
 :func:`run_job` is what the worker calls and :func:`run_pipeline` what ``peptide-opt run``
 calls. Both report each finished step through ``on_step(step, progress_percent)`` and
-return the result record that result.json holds (without the platform's ``results``
+return the result record that result.json contains (without the platform's ``results``
 list). ``on_checkpoint(step, folder)`` is called after a step's checkpoint is written, so
 a worker can copy it to storage.
 """

@@ -77,8 +77,10 @@ def test_controls_respected_and_receptor_unchanged(tmp_path):
             sequence = design["sequence"]
             assert sequence[0] == "P", sequence  # fixed position 1
             assert sequence[4:] == "TDD", sequence  # motif at 5-7
-            assert "C" not in sequence and "W" not in sequence, sequence
-            assert "affinity" in design and "contacts" in design
+            assert "C" not in sequence, sequence
+            assert "W" not in sequence, sequence
+            assert "affinity" in design
+            assert "contacts" in design
 
     # Every receptor chain of every output structure equals the prepared receptor.
     prepared = gemmi.read_pdb_string(

@@ -1,4 +1,4 @@
-"""Input forms, their precedence, and the run command's answer to bad input."""
+"""Input forms, their precedence, and how the run command rejects bad input."""
 
 import shutil
 import subprocess

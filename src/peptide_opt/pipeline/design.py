@@ -20,7 +20,7 @@ from peptide_opt.pipeline.types import Design, PoseDesigns
 
 logger = logging.getLogger(__name__)
 
-#: The chain that holds the peptide in every assembled complex.
+#: The chain of the peptide in every assembled complex.
 PEPTIDE_CHAIN = "A"
 
 
@@ -166,8 +166,8 @@ def kept_positions(config: JobConfig, peptide: str | None) -> list[int]:
 def parse_positions(text: str | None) -> list[int]:
     """Expand 1-based positions and ranges such as ``"8-10,15"`` to a sorted list.
 
-    Whether the positions lie inside the peptide is checked by the engine, which knows
-    the peptide's length.
+    Whether the positions lie inside the peptide is checked by :func:`kept_positions`,
+    which is given the peptide.
     """
     if not text:
         return []

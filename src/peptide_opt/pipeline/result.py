@@ -1,6 +1,6 @@
 """Step ``analyze``: the result record of a job, from the results of every step.
 
-The record is what result.json holds after the platform's ``results`` list. Each pose
+The record is what result.json contains after the platform's ``results`` list. Each pose
 lists every distinct design with both ProteinMPNN scores and its sample count, and, when
 designs were re-scored, their Vina affinities and interface contacts.
 """

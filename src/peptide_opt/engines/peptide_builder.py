@@ -410,12 +410,15 @@ THREE_TO_ONE = {
 }
 
 
-def from_pdb(pdb_text: str) -> Chem.Mol:
-    """Rebuild a peptide from PDB text written by :func:`to_pdb` (or any PDB of it).
+def sequence_of(pdb_text: str) -> str:
+    """Return the one-letter sequence of a peptide's PDB text, by residue number."""
+    return _read_pdb(pdb_text)[0]
 
-    The sequence comes from the residue names, heavy-atom coordinates from the matching
-    residue number and atom name, and hydrogens are placed anew.
-    """
+
+def _read_pdb(
+    pdb_text: str,
+) -> tuple[str, dict[tuple[int, str], tuple[float, float, float]]]:
+    """Return the sequence and the coordinates by (residue number, atom name)."""
     coordinates: dict[tuple[int, str], tuple[float, float, float]] = {}
     residues: dict[int, str] = {}
     for line in pdb_text.splitlines():
@@ -434,6 +437,16 @@ def from_pdb(pdb_text: str) -> Chem.Mol:
         raise InputError(
             f"peptide PDB has a non-standard residue {error.args[0]}"
         ) from None
+    return sequence, coordinates
+
+
+def from_pdb(pdb_text: str) -> Chem.Mol:
+    """Rebuild a peptide from PDB text written by :func:`to_pdb` (or any PDB of it).
+
+    The sequence comes from the residue names, heavy-atom coordinates from the matching
+    residue number and atom name, and hydrogens are placed anew.
+    """
+    sequence, coordinates = _read_pdb(pdb_text)
     heavy = Chem.RemoveHs(build_peptide(sequence))
     conformer = Chem.Conformer(heavy.GetNumAtoms())
     for atom in heavy.GetAtoms():

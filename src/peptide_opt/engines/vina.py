@@ -25,9 +25,16 @@ therefore set few ligands: one per backbone conformer and one per pose.
 NOTE: ``bench/vina_ligand_cost.py`` measured the peak memory of setting one ligand at
 about 0.30 MB per squared PDBQT atom count: 1.3 GB for PQQATDD (67 atoms) and 4.6 GB
 for the CB-truncated 21-residue peptide of 5FFG (125 atoms). The full 21-residue
-peptide (201 atoms) would need about 12 GB, so :func:`_set_ligand` raises
-:class:`EngineError` above ``MAX_LIGAND_MEMORY_MB``. Long peptides need a scoring path
-that does not tabulate every atom pair.
+peptide (201 atoms) would need about 12 GB. A pose whose whole-peptide ligand would need
+more than ``WHOLE_LIGAND_MEMORY_MB`` is therefore scored in residues instead
+(:func:`score_by_residue`): it is minimized in the receptor with OpenMM
+(:mod:`peptide_opt.engines.sidechains`, the minimization that ``rescore`` applies to
+designs), and Vina scores each residue as a rigid ligand on the same maps. Vina's
+intermolecular energy is a sum over ligand atoms. The cut runs through the peptide
+bonds, so every atom keeps the Vina type it has in the whole peptide, and the sum over
+residues is the whole peptide's intermolecular energy. The torsional factor then uses
+Vina's torsion count of the whole peptide (:func:`vina_torsion_count`). A test checks
+the sum against Vina's score of the whole ligand.
 
 Every Vina call goes through grid maps (``no_refine=True``), so docking, local
 optimization and scoring use the same energy surface. The affinity reported is Vina's
@@ -87,6 +94,19 @@ LIGAND_MEMORY_MB_PER_ATOM_PAIR = 0.30
 #: Largest estimated ligand set-up (MB) the engine attempts; larger ones raise
 #: EngineError instead of running the task out of memory.
 MAX_LIGAND_MEMORY_MB = 6000.0
+#: Largest estimated set-up (MB) of a whole flexible peptide that ``score`` optimizes
+#: with Vina, about 90 PDBQT atoms or 9 residues. Larger poses are scored in residues.
+WHOLE_LIGAND_MEMORY_MB = 2500.0
+#: Weight of the torsional entropy term of Vina's ``vina`` scoring function (Vina
+#: 1.2.7's default): affinity = intermolecular energy / (1 + weight * torsions).
+TORSION_WEIGHT = 0.05846
+#: Key of ``pose.detail`` that marks a pose already minimized in the receptor by the
+#: threading engine (``rescore`` and later rounds set it), which the residue path then
+#: scores as it is.
+MINIMIZED_IN_RECEPTOR = "minimized_in_receptor"
+#: Values of ``pose.detail["scoring"]``, one per scoring path.
+SCORING_WHOLE = "vina local optimization of the whole peptide"
+SCORING_BY_RESIDUE = "openmm minimization in the receptor, vina score summed by residue"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,14 +215,35 @@ class VinaDockingEngine:
     def score(
         self, receptor: Receptor, site: Site, poses: list[Pose], cores: int
     ) -> None:
-        """Optimize each pose locally (all torsions free); set ``affinity`` in kcal/mol.
+        """Optimize each pose locally; set ``affinity`` in kcal/mol.
 
-        The pose's ``peptide_pdb`` is replaced by the optimized coordinates.
+        A pose whose whole-peptide ligand fits ``WHOLE_LIGAND_MEMORY_MB`` is optimized
+        by Vina with every torsion free. A larger one is minimized with OpenMM, unless
+        ``pose.detail[MINIMIZED_IN_RECEPTOR]`` is true, and scored in residues (see the
+        module docstring). ``pose.detail["scoring"]`` says
+        which; the pose's ``peptide_pdb`` is replaced by the optimized coordinates.
         """
         grid = self.grid(receptor, site, cores, seed=None)
         for pose in poses:
             mol = peptide_builder.from_pdb(pose.peptide_pdb)
-            energy, optimized = self.optimize(grid, mol)
+            ligand = ligand_pdbqt(mol, rigid="none")
+            if ligand_memory_mb(ligand.text) <= WHOLE_LIGAND_MEMORY_MB:
+                energy, optimized = self.optimize(grid, mol, ligand)
+                pose.detail["scoring"] = SCORING_WHOLE
+            else:
+                if not pose.detail.get(MINIMIZED_IN_RECEPTOR):
+                    minimized = _minimize_in_receptor(receptor, pose.peptide_pdb, cores)
+                    mol = peptide_builder.from_pdb(minimized)
+                optimized = mol
+                energy = score_by_residue(grid, optimized)
+                pose.detail["scoring"] = SCORING_BY_RESIDUE
+                pose.detail["warning"] = (
+                    f"the peptide's Vina ligand would need about "
+                    f"{ligand_memory_mb(ligand.text) / 1024:.1f} GB, above "
+                    f"{WHOLE_LIGAND_MEMORY_MB / 1024:.1f} GB: poses were minimized "
+                    "with OpenMM and scored by Vina residue by residue, not optimized "
+                    "by Vina"
+                )
             pose.affinity = energy
             pose.peptide_pdb = peptide_builder.to_pdb(optimized)
 
@@ -297,13 +338,16 @@ class VinaDockingEngine:
             candidates.append(Candidate(float(energy[0]), label, placed, posed))
         return candidates
 
-    def optimize(self, grid: Vina, mol: Chem.Mol) -> tuple[float, Chem.Mol]:
+    def optimize(
+        self, grid: Vina, mol: Chem.Mol, ligand: LigandPDBQT | None = None
+    ) -> tuple[float, Chem.Mol]:
         """Optimize ``mol`` locally with every torsion free; return energy and molecule.
 
         The energy is Vina's total (kcal/mol) after optimization. Heavy atoms take
-        Vina's coordinates; hydrogens are placed anew by RDKit.
+        Vina's coordinates; hydrogens are placed anew by RDKit. ``ligand`` is
+        ``mol``'s flexible PDBQT when the caller has it already.
         """
-        ligand = ligand_pdbqt(mol, rigid="none")
+        ligand = ligand or ligand_pdbqt(mol, rigid="none")
         _set_ligand(grid, ligand.text)
         energies = _call_vina("optimize", grid.optimize)
         with tempfile.TemporaryDirectory(prefix="peptide-opt-vina-") as folder:
@@ -317,6 +361,80 @@ class VinaDockingEngine:
         optimized = Chem.Mol(mol)
         _set_positions(optimized, xyz)
         return float(energies[0]), peptide_builder.rebuild_hydrogens(optimized)
+
+
+# ---------------------------------------------------------------------- by residue
+
+
+def score_by_residue(grid: Vina, mol: Chem.Mol) -> float:
+    """Return Vina's affinity (kcal/mol) of ``mol`` in its pose, without optimization.
+
+    Each residue of ``mol``'s flexible PDBQT is set as a rigid ligand on ``grid``'s
+    maps. The residues' intermolecular energies add up to the whole peptide's, and the
+    sum is divided by Vina's torsional factor of the whole peptide. Memory stays that
+    of the largest residue. Raises :class:`EngineError` (Vina's "outside the grid box")
+    when an atom lies outside the maps.
+    """
+    ligand = ligand_pdbqt(mol, rigid="none")
+    residues: dict[int, list[str]] = {}
+    for line in ligand.text.splitlines():
+        if line.startswith(("ATOM  ", "HETATM")):
+            residues.setdefault(int(line[22:26]), []).append(line)
+    intermolecular = 0.0
+    for lines in residues.values():
+        fragment = "ROOT\n" + "\n".join(lines) + "\nENDROOT\nTORSDOF 0\n"
+        _set_ligand(grid, fragment)
+        # score()[1] is the ligand's energy on the grid maps: the intermolecular term.
+        intermolecular += float(_call_vina("score", grid.score)[1])
+    return intermolecular / (1.0 + TORSION_WEIGHT * vina_torsion_count(mol, ligand))
+
+
+def vina_torsion_count(mol: Chem.Mol, ligand: LigandPDBQT) -> float:
+    """Return the torsion count by which Vina 1.2.7 divides the energy of ``ligand``.
+
+    Vina counts, for each heavy atom, its rotatable bonds (the PDBQT's BRANCH bonds) to
+    heavy atoms that have more than one heavy neighbour, and takes half the total. A
+    bond between two inner atoms counts 1, a bond to a terminal heavy atom 1/2.
+    """
+    by_serial = {serial: atom for atom, serial in ligand.atom_to_pdbqt.items()}
+    heavy_degree = {
+        atom.GetIdx(): sum(1 for n in atom.GetNeighbors() if n.GetAtomicNum() > 1)
+        for atom in mol.GetAtoms()
+    }
+    count = 0.0
+    for line in ligand.text.splitlines():
+        if not line.startswith("BRANCH"):
+            continue
+        first, second = (by_serial[int(value) - 1] for value in line.split()[1:3])
+        if mol.GetAtomWithIdx(first).GetAtomicNum() == 1:
+            continue
+        if mol.GetAtomWithIdx(second).GetAtomicNum() == 1:
+            continue
+        count += 0.5 * (heavy_degree[second] > 1) + 0.5 * (heavy_degree[first] > 1)
+    return count
+
+
+def ligand_memory_mb(pdbqt: str) -> float:
+    """Return the estimated peak memory (MB) of setting ``pdbqt`` as a Vina ligand."""
+    n_atoms = sum(
+        1 for line in pdbqt.splitlines() if line.startswith(("ATOM", "HETATM"))
+    )
+    return LIGAND_MEMORY_MB_PER_ATOM_PAIR * n_atoms**2
+
+
+def _minimize_in_receptor(receptor: Receptor, peptide_pdb: str, cores: int) -> str:
+    """Return the peptide minimized in the receptor by the threading engine.
+
+    The peptide is threaded with its own sequence, so no residue changes. Its side
+    chains and backbone relax under the threading engine's force field, with the
+    backbone restrained to its docked position.
+    """
+    from peptide_opt.engines.sidechains import SideChainEngine
+
+    engine = SideChainEngine()
+    shell = engine.build_shell(receptor.pdb_text, peptide_pdb)
+    sequence = peptide_builder.sequence_of(peptide_pdb)
+    return engine.thread(shell, peptide_pdb, sequence, cores=cores).pdb_text
 
 
 # ---------------------------------------------------------------------- PDBQT
@@ -531,11 +649,9 @@ def _set_ligand(grid: Vina, pdbqt: str) -> None:
     one-atom ligand in between lowers the peak: three 7-residue peptides in a row
     peaked at 2.4 GB without it and 1.7 GB with it (measured with Vina 1.2.7).
     """
-    n_atoms = sum(
-        1 for line in pdbqt.splitlines() if line.startswith(("ATOM", "HETATM"))
-    )
-    estimate = LIGAND_MEMORY_MB_PER_ATOM_PAIR * n_atoms**2
+    estimate = ligand_memory_mb(pdbqt)
     if estimate > MAX_LIGAND_MEMORY_MB:
+        n_atoms = round((estimate / LIGAND_MEMORY_MB_PER_ATOM_PAIR) ** 0.5)
         raise EngineError(
             f"the Vina ligand has {n_atoms} PDBQT atoms and would need about "
             f"{estimate / 1024:.1f} GB to set up, above the limit of "

@@ -192,7 +192,8 @@ def rescore_pose(
             peptide_pdb=item.pdb_text,
             docking_affinity=math.nan,
             rank=pose.rank,
-            detail={"sequence": sequence},
+            # The threading engine minimized the design in the receptor already.
+            detail={"sequence": sequence, "minimized_in_receptor": True},
         )
         for sequence, item in threaded.items()
     }

@@ -64,6 +64,11 @@ def build_result(run: Any) -> dict[str, Any]:
         for message in assembled.warnings:
             if message not in warnings:
                 warnings.append(message)
+    # A docking engine reports how it had to depart from its usual method per pose.
+    for pose in run.poses:
+        message = pose.detail.get("warning")
+        if message and message not in warnings:
+            warnings.append(message)
     if not run.config.proteinmpnn_enabled:
         warnings.append(
             "proteinmpnn_enabled is False: the design step was skipped and each pose "

@@ -166,7 +166,11 @@ def _refine(
         peptide_pdb=threaded.pdb_text,
         docking_affinity=pose.docking_affinity,
         rank=pose.rank,
-        detail={"sequence": best.sequence, "refined_from": "best design"},
+        detail={
+            "sequence": best.sequence,
+            "refined_from": "best design",
+            "minimized_in_receptor": True,
+        },
     )
     engine.score(receptor, site, [refined], cores)
     return refined

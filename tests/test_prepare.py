@@ -138,6 +138,22 @@ def test_missing_side_chains_rebuilt_and_hydrogens_added():
     assert "hydrogens added at pH 7.4" in receptor.warnings
 
 
+def test_rebuilt_terminal_oxygen_in_carboxylate_plane(tmp_path):
+    # Without its OXT, LEU A168 (the last residue of chain A) gets one rebuilt. Placed
+    # at 120 degrees from CA and O, OXT lies 1.25 Å from C and 2.40 Å from CA (with the
+    # 1.52 Å C-CA bond); PDBFixer's own placement left it 1.8 Å from CA in 5FFG, which
+    # Meeko read as a bond. 0.05 Å allows for the deposited C-CA bond length.
+    lines = [line for line in atom_lines() if line[12:16].strip() != "OXT"]
+    path = write(tmp_path, "no_oxt.pdb", lines)
+    receptor = prepare_receptor(path, build_config({"site_chain": "B"}))
+    structure = gemmi.read_pdb_string(receptor.pdb_text)
+    last = structure[0]["A"][len(structure[0]["A"]) - 1]
+    oxt, carbon, alpha = (last[name][0].pos for name in ("OXT", "C", "CA"))
+    assert last.seqid.num == 168
+    assert oxt.dist(carbon) == pytest.approx(1.25, abs=0.01)
+    assert oxt.dist(alpha) == pytest.approx(2.40, abs=0.05)
+
+
 def test_several_models_first_kept(tmp_path):
     lines = atom_lines("A")
     shifted = [line[:30] + f"{float(line[30:38]) + 50:8.3f}" + line[38:] for line in lines]

@@ -499,8 +499,14 @@ def _repair_with_pdbfixer(
                 f"{len(fixer.missingAtoms) + len(fixer.missingTerminals)} residues"
                 + (f" ({residues})" if fixer.missingAtoms else "")
             )
+        rebuilt_oxt = {
+            (residue.chain.id, residue.id)
+            for residue, names in fixer.missingTerminals.items()
+            if "OXT" in names
+        }
         # A fixed seed makes the rebuilt atoms, and so every later step, repeatable.
         fixer.addMissingAtoms(seed=REPAIR_SEED)
+        _place_terminal_oxygens(fixer, rebuilt_oxt)
         # OpenMM's Modeller starts new hydrogens at positions from Python's random
         # module; a fixed seed (the caller's state restored after) makes them repeatable.
         state = random.getstate()
@@ -515,3 +521,45 @@ def _repair_with_pdbfixer(
     output = io.StringIO()
     PDBFile.writeFile(fixer.topology, fixer.positions, output, keepIds=True)
     return output.getvalue()
+
+
+#: Length (Å) of the C-terminal carboxylate's C-O bond that :func:`_place_terminal_oxygens`
+#: gives the rebuilt OXT: the mean of the C=O and C-O- bonds of a carboxylate.
+TERMINAL_CO_BOND = 1.25
+
+
+def _place_terminal_oxygens(fixer, residues: set[tuple[str, str]]) -> None:
+    """Put each rebuilt OXT in the carboxylate plane, 120 degrees from CA and O.
+
+    ``residues`` are the (chain ID, residue ID) pairs whose OXT PDBFixer rebuilt.
+
+    PDBFixer places a missing OXT by superposing a template on the residue, which can
+    leave it next to CA (1.8 Å in chain A's last residue of 5FFG). Meeko then reads an
+    OXT-CA bond and rejects the receptor, so every rebuilt OXT is placed from CA, C and O
+    instead, opposite the sum of the unit vectors from C to CA and to O.
+    """
+    if not residues:
+        return
+    from openmm import Vec3, unit
+
+    positions = fixer.positions.value_in_unit(unit.nanometer)
+    xyz = np.array([[p[0], p[1], p[2]] for p in positions]) * 10.0
+    for residue in fixer.topology.residues():
+        if (residue.chain.id, residue.id) not in residues:
+            continue
+        atoms = {atom.name: atom.index for atom in residue.atoms()}
+        if not {"CA", "C", "O", "OXT"} <= atoms.keys():
+            continue
+        carbon = xyz[atoms["C"]]
+        to_alpha = xyz[atoms["CA"]] - carbon
+        to_oxygen = xyz[atoms["O"]] - carbon
+        direction = -(
+            to_alpha / np.linalg.norm(to_alpha) + to_oxygen / np.linalg.norm(to_oxygen)
+        )
+        xyz[atoms["OXT"]] = carbon + TERMINAL_CO_BOND * direction / np.linalg.norm(
+            direction
+        )
+    fixer.positions = unit.Quantity(
+        [Vec3(*(row / 10.0)) for row in xyz], unit.nanometer
+    )
+

@@ -126,3 +126,25 @@ def test_truncation_keeps_glycine_and_proline():
 def test_model_rejects_bad_sequence(sequence, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
         build_peptide_model(sequence, seed=1)
+
+
+def test_model_backbone_bond_lengths():
+    # The builder sets the backbone bonds to their lengths in proteins (Engh and
+    # Huber): C-N 1.329, N-CA 1.458, CA-C 1.525 and C=O 1.231 Å. Proline's N-CA is in
+    # its ring and keeps the embedded length. 0.001 Å is the rounding of the lengths.
+    mol = build_peptide_model("GNGVPNLRGDLQVLGQRVGRT", seed=37).mol
+    xyz = mol.GetConformer().GetPositions()
+    residues = peptide_builder.backbone_atoms(mol)
+
+    def length(first: int, second: int) -> float:
+        return float(np.linalg.norm(xyz[first] - xyz[second]))
+
+    for index, residue in enumerate(residues):
+        name = mol.GetAtomWithIdx(residue.ca).GetPDBResidueInfo().GetResidueName()
+        if name != "PRO":
+            assert length(residue.n, residue.ca) == pytest.approx(1.458, abs=0.001)
+        assert length(residue.ca, residue.c) == pytest.approx(1.525, abs=0.001)
+        assert length(residue.c, residue.o) == pytest.approx(1.231, abs=0.001)
+        if index > 0:
+            previous = residues[index - 1]
+            assert length(previous.c, residue.n) == pytest.approx(1.329, abs=0.001)

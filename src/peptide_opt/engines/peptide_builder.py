@@ -193,7 +193,38 @@ def embed(mol: Chem.Mol, seed: int) -> int:
             f"RDKit could not embed the peptide ({mol.GetNumAtoms()} atoms) with seed "
             f"{seed}"
         )
+    _set_backbone_bond_lengths(mol, conf_id)
     return conf_id
+
+
+#: Backbone bond lengths (Å) of proteins (Engh and Huber, 1991). ETKDG's embedding
+#: leaves them 0.05-0.1 Å off: C-N 1.37-1.45, N-CA 1.41-1.51, C=O up to 1.30 for the
+#: 21-residue peptide of 5FFG, seed 37.
+PEPTIDE_BOND = 1.329
+N_CA_BOND = 1.458
+CA_C_BOND = 1.525
+C_O_BOND = 1.231
+
+
+def _set_backbone_bond_lengths(mol: Chem.Mol, conf_id: int) -> None:
+    """Set every backbone bond of the conformer to its length in proteins.
+
+    Each change moves the atoms on one side of the bond. Bonds in a ring (proline's
+    N-CA) cannot move that way and keep their embedded length.
+    """
+    conformer = mol.GetConformer(conf_id)
+    residues = backbone_atoms(mol)
+    bonds = []
+    for index, residue in enumerate(residues):
+        bonds.append((residue.n, residue.ca, N_CA_BOND))
+        bonds.append((residue.ca, residue.c, CA_C_BOND))
+        bonds.append((residue.c, residue.o, C_O_BOND))
+        if index + 1 < len(residues):
+            bonds.append((residue.c, residues[index + 1].n, PEPTIDE_BOND))
+    for first, second, length in bonds:
+        if mol.GetBondBetweenAtoms(first, second).IsInRing():
+            continue
+        rdMolTransforms.SetBondLength(conformer, first, second, length)
 
 
 def set_backbone(

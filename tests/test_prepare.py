@@ -138,6 +138,18 @@ def test_missing_side_chains_rebuilt_and_hydrogens_added():
     assert "hydrogens added at pH 7.4" in receptor.warnings
 
 
+def test_overlapping_rebuilt_side_chains_reported():
+    # 1CZY's deposited GLU A146 and ASP A155 lack their side chains. PDBFixer rebuilds
+    # them into ARG A32 (OE2-CZ 1.62 Å) and PRO A29 (OD1-CD 1.40 Å), and the result's
+    # warnings name both pairs.
+    receptor = prepare_receptor(COMPLEX, build_config({"site_chain": "B"}))
+    overlaps = [w for w in receptor.warnings if "overlap" in w]
+    assert len(overlaps) == 1
+    assert "2 residue pairs" in overlaps[0]
+    assert "A146/A32" in overlaps[0]
+    assert "A155/A29" in overlaps[0]
+
+
 def test_rebuilt_terminal_oxygen_in_carboxylate_plane(tmp_path):
     # Without its OXT, LEU A168 (the last residue of chain A) gets one rebuilt. Placed
     # at 120 degrees from CA and O, OXT lies 1.25 Å from C and 2.40 Å from CA (with the

@@ -215,6 +215,7 @@ def prepare_receptor(path: Path, config: JobConfig) -> Receptor:
     _report_backbone_gaps(model, warnings)
 
     pdb_text = _repair_with_pdbfixer(structure, config.ph, warnings)
+    _report_overlaps(pdb_text, warnings)
     return Receptor(
         pdb_text=pdb_text,
         chain_ids=chain_ids,
@@ -562,4 +563,44 @@ def _place_terminal_oxygens(fixer, residues: set[tuple[str, str]]) -> None:
     fixer.positions = unit.Quantity(
         [Vec3(*(row / 10.0)) for row in xyz], unit.nanometer
     )
+
+
+#: Heavy atoms of different residues closer than this (Å) overlap, unless they are
+#: bonded (peptide bond, disulfide) or one is a metal ion. Non-bonded heavy-atom
+#: contacts in proteins start near 2.5 Å (hydrogen bonds).
+OVERLAP_DISTANCE = 2.0
+
+
+def _report_overlaps(pdb_text: str, warnings: list[str]) -> None:
+    """Add a warning naming the residue pairs whose heavy atoms overlap after repair.
+
+    Such pairs are usually side chains that PDBFixer rebuilt into one another, or
+    into a neighbour, and they change the docking energy near them.
+    """
+    from scipy.spatial import cKDTree
+
+    residues, names, xyz = [], [], []
+    for line in pdb_text.splitlines():
+        if not line.startswith(("ATOM  ", "HETATM")):
+            continue
+        element = line[76:78].strip().upper()
+        if element in ("H", "D") or line[17:20].strip() in METAL_IONS:
+            continue
+        residues.append(f"{line[21]}{line[22:27].strip()}")
+        names.append(line[12:16].strip())
+        xyz.append((float(line[30:38]), float(line[38:46]), float(line[46:54])))
+    if not xyz:
+        return
+    pairs = set()
+    for i, j in cKDTree(np.array(xyz)).query_pairs(OVERLAP_DISTANCE):
+        if residues[i] == residues[j] or {names[i], names[j]} in ({"C", "N"}, {"SG"}):
+            continue
+        pairs.add(tuple(sorted((residues[i], residues[j]))))
+    if pairs:
+        listed = _shorten([f"{a}/{b}" for a, b in sorted(pairs)])
+        warnings.append(
+            f"heavy atoms of {len(pairs)} residue pairs overlap (closer than "
+            f"{OVERLAP_DISTANCE:g} Å) after repair: {listed}; their side chains may be "
+            "misplaced"
+        )
 

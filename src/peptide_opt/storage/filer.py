@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import urllib.request
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -39,6 +41,7 @@ from peptide_opt.storage.base import (
     read_file_chunks,
     too_large,
 )
+from peptide_opt.storage.http_pool import HttpConnectionError, HttpPool, HttpResponse
 
 _FOLDER_MODE_BIT = 1 << 31
 #: Entries per listing request (the Filer's own limit is its -dirListLimit, 1000).
@@ -66,11 +69,20 @@ class FilerStorage(Storage):
             timeout=httpx.Timeout(timeout_s, connect=5.0),
             follow_redirects=False,
         )
+        # Writes from memory take the cheaper client when httpx would connect straight
+        # to the Filer too; TLS and proxies stay with httpx.
+        self._pool = (
+            HttpPool(self.endpoint, timeout_s, connect_timeout_s=5.0)
+            if _is_direct_http(self.endpoint)
+            else None
+        )
 
     def describe(self) -> str:
         return f"Filer {self.endpoint}/buckets/{self.bucket}"
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
         await self._client.aclose()
 
     def _url(self, key: str, folder: bool = False) -> str:
@@ -117,16 +129,30 @@ class FilerStorage(Storage):
     async def _write_bytes(self, key: str, data: bytes) -> ObjectInfo:
         digest = FileDigest()
         digest.update(data)
-        response = await self._send(
-            "PUT",
-            self._url(key),
-            content=data,
-            headers={"Content-Type": "application/octet-stream"},
-        )
+        headers = {"Content-Type": "application/octet-stream"}
+        url = self._url(key)
+        if self._pool is None:
+            response = await self._send("PUT", url, content=data, headers=headers)
+        else:
+            response = await self._send_from_memory("PUT", url, data, headers)
         return await self._check_written(key, response, digest)
 
+    async def _send_from_memory(
+        self, method: str, url: str, body: bytes, headers: dict[str, str]
+    ) -> HttpResponse:
+        """Send a request through the pool, raising :class:`TransientStorageError` on
+        failures worth retrying, as :meth:`_send` does."""
+        assert self._pool is not None
+        try:
+            response = await self._pool.request(method, url, body, headers)
+        except HttpConnectionError as error:
+            raise TransientStorageError(str(error)) from error
+        if response.status_code >= 500:
+            raise _server_error(response.status_code, response.text)
+        return response
+
     async def _check_written(
-        self, key: str, response: httpx.Response, digest: FileDigest
+        self, key: str, response: httpx.Response | HttpResponse, digest: FileDigest
     ) -> ObjectInfo:
         """Verify the Filer's reply to a write against the bytes sent."""
         if response.status_code not in (200, 201):
@@ -136,12 +162,13 @@ class FilerStorage(Storage):
             )
         try:
             # The Filer leaves "size" out of its reply for an empty file.
-            stored_size = int(response.json().get("size", 0))
+            stored_size = int(json.loads(response.text).get("size", 0))
         except (ValueError, AttributeError, TypeError) as error:
             raise TransientStorageError(
                 f"unexpected Filer reply to writing {key!r}: {response.text[:200]!r}"
             ) from error
-        stored_md5 = _base64_md5_to_hex(response.headers.get("Content-MD5"))
+        # httpx's headers ignore case and the pool's are lower case, so one lookup fits.
+        stored_md5 = _base64_md5_to_hex(response.headers.get("content-md5"))
         if stored_md5 is None:
             entry = await self._metadata(key)
             stored_md5 = _base64_md5_to_hex(entry.get("Md5") if entry else None)
@@ -311,9 +338,28 @@ def _transient(error: httpx.TransportError) -> TransientStorageError:
 
 def _raise_for_server_error(response: httpx.Response) -> None:
     if response.status_code >= 500:
-        raise TransientStorageError(
-            f"HTTP {response.status_code} from the Filer: {_body_excerpt(response)}"
-        )
+        raise _server_error(response.status_code, _body_excerpt(response))
+
+
+def _server_error(status_code: int, body_text: str) -> TransientStorageError:
+    return TransientStorageError(
+        f"HTTP {status_code} from the Filer: {body_text.strip()[:300]}"
+    )
+
+
+def _is_direct_http(endpoint: str) -> bool:
+    """Tell whether ``endpoint`` is plain HTTP that no proxy variable redirects.
+
+    ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` are read as the standard library
+    reads them, which may differ from httpx in rare patterns. Any doubt keeps httpx.
+    """
+    parts = urlsplit(endpoint)
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    proxies = urllib.request.getproxies()
+    if not ({"http", "all"} & proxies.keys()):
+        return True
+    return bool(urllib.request.proxy_bypass(parts.hostname))
 
 
 def _raise_unless_ok(key: str, response: httpx.Response) -> None:

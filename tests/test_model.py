@@ -148,3 +148,21 @@ def test_model_backbone_bond_lengths():
         if index > 0:
             previous = residues[index - 1]
             assert length(previous.c, residue.n) == pytest.approx(1.329, abs=0.001)
+
+
+def test_model_proline_phi_and_backbone_ensemble():
+    # ETKDG embedded PRO5 of the 5FFG peptide with phi = +9 degrees (seed 37), which
+    # left every backbone of the docking ensemble with two carbonyl oxygens 1.9 Å
+    # apart. The builder holds proline's phi in -70..-60 during an MMFF minimization;
+    # 5 degrees on each side allows for the restraint's flat-bottom give.
+    from rdkit.Chem import rdMolTransforms
+
+    mol = build_peptide_model("GNGVPNLRGDLQVLGQRVGRT", seed=37).mol
+    residues = peptide_builder.backbone_atoms(mol)
+    phi = rdMolTransforms.GetDihedralDeg(
+        mol.GetConformer(), residues[3].c, residues[4].n, residues[4].ca, residues[4].c
+    )
+    assert -75.0 <= phi <= -55.0
+    # 3 named states and 9 random backbones, each free of clashes.
+    ensemble = peptide_builder.backbone_ensemble(mol, 9, np.random.default_rng(37))
+    assert len(ensemble) >= 10

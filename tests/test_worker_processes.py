@@ -95,7 +95,9 @@ def test_killed_worker_task_finishes_elsewhere(queue_db, start_worker, tmp_path)
         )
         row = queue_db.wait_for_status(task_id, "processing", timeout=10)
         victim_pid = _worker_pid(row["worker_id"])
-        task_processes = psutil.Process(victim_pid).children()
+        # The task processes are children of the worker's forkserver, itself a
+        # child of the worker.
+        task_processes = psutil.Process(victim_pid).children(recursive=True)
         os.kill(victim_pid, signal.SIGKILL)
         killed_at = time.time()
         workers.pop(victim_pid).process.wait(10)
@@ -366,3 +368,18 @@ def test_workers_command_lists_and_pauses(queue_db, start_worker, database_url):
     assert "pending 1" in listing.stdout
     assert resumed.returncode == 0, resumed.stderr
     assert queue_db.wait_for_status(task_id, "finished", timeout=10)
+
+
+def test_workdir_created_when_missing(queue_db, start_worker, tmp_path):
+    # --workdir names a folder that does not exist yet: the worker creates it (and
+    # its parents) instead of stopping with FileNotFoundError, then runs tasks in it.
+    workdir = tmp_path / "missing" / "tasks"
+    log = tmp_path / "starts.log"
+    worker = start_worker(args=("--workdir", str(workdir)))
+    wait_for_workers(queue_db, 1)
+    queue_db.add_task("peptide_opt.noop", queue_db.add_user(), {"log": str(log)})
+    queue_db.wait_for(
+        lambda: queue_db.count("finished") == 1, timeout=60, message="the task to finish"
+    )
+    assert workdir.is_dir()
+    assert worker.terminate() == 0

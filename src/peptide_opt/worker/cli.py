@@ -54,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workdir",
         type=Path,
         metavar="DIR",
-        help="folder for the tasks' working directories (default: the system's "
-        "temporary folder)",
+        help="folder for the tasks' working directories, created when missing "
+        "(default: the system's temporary folder)",
     )
     worker.set_defaults(handler=run_worker)
 
@@ -90,6 +90,13 @@ def run_worker(args: argparse.Namespace) -> int:
         raise InputError(
             f"--recycle-after must be at least 1, got {args.recycle_after}"
         )
+    if args.workdir is not None:
+        try:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(
+                f"--workdir {args.workdir} could not be created: {error.strerror}"
+            ) from None
     if settings.executor == "celery":
         return _run_celery_worker(args)
 

@@ -3,7 +3,9 @@
 A worker starts one :class:`TaskProcess` per slot before it claims anything, so a
 task starts in a process whose handlers are already imported. A task process is a
 session leader, so that killing its process group also stops the programs it
-started, and it gets SIGKILL when the worker dies (Linux ``PR_SET_PDEATHSIG``).
+started. Its parent is the worker's forkserver, which exits when the worker dies,
+and the task process gets SIGKILL when that parent exits (Linux
+``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -39,8 +41,14 @@ _THREAD_VARIABLES = (
 )
 
 # The worker's main process runs threads and database connections, which a fork
-# would copy in an unsafe state.
-_CONTEXT = multiprocessing.get_context("spawn")
+# would copy in an unsafe state. A forkserver is a single-threaded process started
+# from a fresh interpreter, which imports this module once and forks each task
+# process from itself. A new task process then costs a fork instead of an
+# interpreter start with imports: about 6 ms of CPU against about 100 ms with the
+# no-op test handler, measured on the 2-core machine of docs/benchmarks.md. A slot
+# replaces its process every ``recycle_after_tasks`` tasks, so this cost recurs.
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload([__name__])
 
 
 # The first message of every task process: its imports are done and it waits for tasks.

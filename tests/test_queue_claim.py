@@ -329,3 +329,78 @@ def test_insert_notifies_only_our_types(database_url, queue_db):
         payloads = [n.payload for n in listener.notifies(timeout=1.0)]
 
     assert payloads == ["peptide_optimization"]
+
+
+_FINISH_ARGS = "%s, %s, %s, 'finished', false, NULL, NULL, NULL, 0"
+_CLAIM_ARGS = "%s, ARRAY['peptide_opt.noop'], 30, 3, NULL"
+
+
+@pytest.mark.parametrize(
+    "finish_statement",
+    [
+        f"SELECT peptide_opt_finish_v2({_FINISH_ARGS})",
+        "SELECT finished_status FROM peptide_opt_finish_and_claim_v2("
+        f"{_FINISH_ARGS}, ARRAY['peptide_opt.noop'], 30, 3, NULL)",
+    ],
+    ids=["finish", "finish_and_claim"],
+)
+def test_finish_v2_commits_durably(database_url, queue_db, finish_statement):
+    user = queue_db.add_user()
+    queue_db.add_task("peptide_opt.noop", user)
+
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        server_value = connection.execute("SHOW synchronous_commit").fetchone()[0]
+        # The worker's session setup: claims commit without waiting for the flush.
+        connection.execute("SET synchronous_commit = off")
+        task_id, attempt = connection.execute(
+            f"SELECT task_id, attempt FROM peptide_opt_claim_v1({_CLAIM_ARGS})",
+            ("worker-a",),
+        ).fetchone()
+        with connection.transaction():
+            status = connection.execute(
+                finish_statement, (task_id, "worker-a", attempt)
+            ).fetchone()[0]
+            # The setting that the finish's own commit uses.
+            in_finish = connection.execute("SHOW synchronous_commit").fetchone()[0]
+        after_finish = connection.execute("SHOW synchronous_commit").fetchone()[0]
+
+    assert status == "finished"
+    assert in_finish == server_value
+    # SET LOCAL ends with the transaction: the session's claims stay fast.
+    assert after_finish == "off"
+
+
+def test_claim_plan_after_bulk_insert(database_url, queue_db):
+    # A claim plan cached while the queue is empty must not scan the whole table
+    # once many tasks arrive before the next ANALYZE.
+    users = [queue_db.add_user() for _ in range(3)]
+    store = QueueStore(database_url)
+    policy = _policy()
+    queue_db.connection.execute("VACUUM ANALYZE tasks")
+    for _ in range(10):
+        assert store.claim(policy) is None
+    queue_db.connection.execute(
+        "INSERT INTO tasks (id, user_id, task_type, job_dir, status) "
+        "SELECT gen_random_uuid()::text, (%s::text[])[1 + i %% 3], "
+        "'peptide_opt.noop', '{}', 'pending' FROM generate_series(1, 3000) AS i",
+        (users,),
+    )
+    plans: list[str] = []
+    connection = store._ensure_connection()
+    for statement in (
+        "LOAD 'auto_explain'",
+        "SET auto_explain.log_min_duration = 0",
+        "SET auto_explain.log_nested_statements = on",
+        "SET auto_explain.log_level = notice",
+    ):
+        connection.execute(statement, prepare=False)
+    connection.add_notice_handler(lambda notice: plans.append(notice.message_primary))
+
+    claimed = store.claim(policy)
+    store.close()
+
+    assert claimed is not None
+    walk = [plan for plan in plans if "WITH RECURSIVE pending_users" in plan]
+    assert len(walk) == 1
+    assert "Seq Scan" not in walk[0]
+    assert "ix_tasks_pending_by_user" in walk[0]

@@ -253,3 +253,54 @@ def test_platform_database_keeps_rows(empty_database_url):
     # The platform's own indexes serve; no second index on the same columns.
     assert not any(name.startswith("ix_tasks_user_id") for name in indexes)
     assert not any(name.startswith("ix_tasks_status") for name in indexes)
+
+
+# The claim and the finish as a worker of the previous version sends them: the v1
+# functions, with the durable commit set by its own statement.
+_PREVIOUS_CLAIM = """
+SELECT task_id, attempt
+FROM peptide_opt_claim_v1('worker-old', ARRAY['peptide_opt.noop'], 30, 3, NULL)
+"""
+_PREVIOUS_FINISH_AND_CLAIM = """
+SELECT finished_status, task_id, attempt
+FROM set_config(
+    'synchronous_commit',
+    (SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit'),
+    true
+) AS durable,
+peptide_opt_finish_and_claim_v1(
+    %s, 'worker-old', %s, 'finished', false, NULL, '{"n": 1}', NULL, 10,
+    ARRAY['peptide_opt.noop'], 30, 3, NULL
+)
+"""
+
+
+def test_previous_worker_statements_still_work(database_url):
+    # database_url is migrated to the newest version; a worker of the previous
+    # version keeps running beside the new ones during a rolling upgrade.
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute(
+            "INSERT INTO users (id, username) "
+            "VALUES ('11111111-1111-1111-1111-111111111111', 'alice')"
+        )
+        for _ in range(2):
+            connection.execute(
+                "INSERT INTO tasks (id, user_id, task_type, job_dir, status) "
+                "VALUES (gen_random_uuid()::text, "
+                "'11111111-1111-1111-1111-111111111111', 'peptide_opt.noop', '{}', "
+                "'pending')"
+            )
+        connection.execute("SET synchronous_commit = off")
+
+        first_id, first_attempt = connection.execute(_PREVIOUS_CLAIM).fetchone()
+        status, second_id, _ = connection.execute(
+            _PREVIOUS_FINISH_AND_CLAIM, (first_id, first_attempt)
+        ).fetchone()
+        row = connection.execute(
+            "SELECT status, result_summary FROM tasks WHERE id = %s", (first_id,)
+        ).fetchone()
+
+    assert status == "finished"
+    assert second_id is not None
+    assert second_id != first_id
+    assert row == ("finished", {"n": 1})

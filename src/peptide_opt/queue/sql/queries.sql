@@ -16,30 +16,21 @@ FROM peptide_opt_claim_v1(
 -- name: session_setup
 -- The worker's connection commits claims, heartbeats and progress without waiting
 -- for the WAL flush: a claim lost in a server crash only returns its task to pending,
--- where the fence on (task, worker, attempt) rejects the late finish. Finishes set
--- the server's own setting back (the durable statement below), and a durable commit
--- flushes every earlier WAL record too.
+-- where the fence on (task, worker, attempt) rejects the late finish. The finishes
+-- (peptide_opt_finish_v2 and peptide_opt_finish_and_claim_v2, migration 0007) set the
+-- server's own setting back for their transaction, and a durable commit flushes every
+-- earlier WAL record too.
 SET synchronous_commit = off;
 
 -- name: finish
-SELECT peptide_opt_finish_v1(
+SELECT peptide_opt_finish_v2(
     %(task_id)s, %(worker_id)s, %(attempt)s, %(outcome)s, %(retryable)s, %(error)s,
     %(summary)s, %(step_timings)s, %(retry_delay_seconds)s
-) AS finished_status
-FROM set_config(
-    'synchronous_commit',
-    (SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit'),
-    true
-) AS durable;
+) AS finished_status;
 
 -- name: finish_and_claim
 SELECT finished_status, task_id, user_id, task_type, job_dir, attempt, max_attempts
-FROM set_config(
-    'synchronous_commit',
-    (SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit'),
-    true
-) AS durable,
-peptide_opt_finish_and_claim_v1(
+FROM peptide_opt_finish_and_claim_v2(
     %(task_id)s, %(worker_id)s, %(attempt)s, %(outcome)s, %(retryable)s, %(error)s,
     %(summary)s, %(step_timings)s, %(retry_delay_seconds)s, %(task_types)s,
     %(lease_seconds)s, %(max_attempts)s, %(max_per_user)s

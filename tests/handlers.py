@@ -97,12 +97,21 @@ def broken(context: TaskContext) -> None:
     raise RuntimeError("unexpected state")
 
 
+def spin_loop(iterations: int) -> int:
+    """Burn one core for ``iterations`` loop iterations.
+
+    bench/queue_scaleout.py runs the same loop without the queue.
+    """
+    total = 0
+    for value in range(iterations):
+        total += value * value % 7
+    return total
+
+
 def spin(context: TaskContext) -> dict[str, Any]:
     """Burn one core for ``iterations`` loop iterations (a CPU-bound task)."""
     _record(context, "start")
-    total = 0
-    for value in range(int(_parameters(context).get("iterations", 10_000_000))):
-        total += value * value % 7
+    total = spin_loop(int(_parameters(context).get("iterations", 10_000_000)))
     _record(context, "end")
     return {"total": total}
 

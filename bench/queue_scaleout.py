@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import multiprocessing.synchronize
 import sys
 import tempfile
 import time
@@ -78,7 +79,10 @@ def run_tasks(n_workers: int, n_tasks: int, iterations: int, work: Path) -> floa
             group.stop()
 
 
-def _spin_many(n_loops: int, iterations: int) -> None:
+def _spin_many(
+    start: multiprocessing.synchronize.Barrier, n_loops: int, iterations: int
+) -> None:
+    start.wait()
     for _ in range(n_loops):
         spin_loop(iterations)
 
@@ -87,20 +91,22 @@ def run_plain(n_processes: int, n_loops: int, iterations: int) -> float:
     """Return the seconds that ``n_processes`` plain processes take to run
     ``n_loops`` spin loops in all, split evenly between them."""
     context = multiprocessing.get_context("spawn")
+    # The clock starts once every process has started up and waits at the barrier,
+    # so that interpreter starts and imports stay out of the time.
+    start = context.Barrier(n_processes + 1)
     share, remainder = divmod(n_loops, n_processes)
     processes = [
         context.Process(
-            target=_spin_many, args=(share + (index < remainder), iterations)
+            target=_spin_many, args=(start, share + (index < remainder), iterations)
         )
         for index in range(n_processes)
     ]
-    started = time.monotonic()
     for process in processes:
         process.start()
+    start.wait()
+    started = time.monotonic()
     for process in processes:
         process.join()
-    # Includes each process's interpreter start (about 0.05 s), like a worker's
-    # claim and hand-off that the queue runs include.
     return time.monotonic() - started
 
 

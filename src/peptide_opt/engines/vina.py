@@ -10,17 +10,24 @@ for Vina's Monte Carlo. The search here is split into stages instead:
 2. **Rigid backbone docking.** Each backbone, with side chains cut back to CB, is docked
    as a rigid body (no torsions) on Vina grid maps computed once per receptor and box.
    Rigid-body docking of about 40 atoms converges in tens of thousands of evaluations.
-3. **Side chains.** The best placements, at least 2 Å backbone RMSD apart, get their
+3. **Flexible-backbone refinement.** The best distinct rigid placements are refined
+   with their phi and psi free, by Monte Carlo with gradient relaxation on Vina's own
+   maps (:mod:`peptide_opt.engines.backbone_search`). A backbone that fits a narrow
+   groove must be within about 1 Å of the bound one, closer than a small ensemble
+   gets. Each refined backbone is optimized by Vina again as a rigid body and joins
+   the candidates.
+4. **Side chains.** The best placements, at least 2 Å backbone RMSD apart, get their
    side chains back, set to the staggered rotamers that fit the receptor best
    (:mod:`peptide_opt.engines.side_chains`). ``docking_affinity`` is the rigid
    search's Vina energy of the CB-truncated backbone.
-4. **Local flexible refinement** (the ``score`` step). Vina optimizes each pose
+5. **Local flexible refinement** (the ``score`` step). Vina optimizes each pose
    locally with every torsion free, backbone and side chains; its energy is the
    pose's ``affinity``.
 
 Setting a Vina ligand costs time and memory that grow with the square of its atom
 count, because Vina 1.2.7 tabulates every intramolecular atom pair. The stages
-therefore set few ligands: one per backbone conformer and one per pose.
+therefore set few ligands: one per backbone conformer, one per refined start plus one
+to export the maps, and one per pose.
 
 NOTE: ``bench/vina_ligand_cost.py`` measured the peak memory of setting one ligand at
 about 0.30 MB per squared PDBQT atom count: 1.3 GB for PQQATDD (67 atoms) and 4.6 GB
@@ -67,7 +74,8 @@ from rdkit.Geometry import Point3D
 from scipy.spatial import cKDTree
 from vina import Vina
 
-from peptide_opt.engines import peptide_builder, side_chains
+from peptide_opt.engines import backbone_search, peptide_builder, side_chains
+from peptide_opt.engines.backbone_search import xs_types
 from peptide_opt.errors import EngineError
 from peptide_opt.pipeline.types import PeptideModel, Pose, Receptor, Site
 
@@ -115,13 +123,19 @@ class SearchSettings:
 
     ``n_random_backbones`` random backbones join the three named states. Each backbone
     is docked by ``exhaustiveness`` Monte Carlo runs of at most ``max_evals`` energy
-    evaluations, which yield up to ``poses_per_backbone`` placements.
+    evaluations, which yield up to ``poses_per_backbone`` placements. The best
+    ``n_refined_starts`` distinct placements are refined with a flexible backbone as
+    ``refinement`` sets (0 turns the refinement off).
     """
 
     n_random_backbones: int = 9
     exhaustiveness: int = 8
     max_evals: int = 30000
     poses_per_backbone: int = 9
+    n_refined_starts: int = 8
+    refinement: backbone_search.RefinementSettings = dataclasses.field(
+        default_factory=backbone_search.RefinementSettings
+    )
 
 
 @dataclasses.dataclass
@@ -141,6 +155,7 @@ class Candidate:
     label: str
     mol: Chem.Mol
     backbone_xyz: np.ndarray
+    search: str = "rigid backbone, side chains cut to CB"
 
 
 class VinaDockingEngine:
@@ -153,6 +168,9 @@ class VinaDockingEngine:
         self.settings = settings or SearchSettings()
         self._grids: OrderedDict[tuple, tuple[int, Vina]] = OrderedDict()
         self._cache_size = max(1, cache_size)
+        # The last receptor's PDBQT text and refinement maps, by their grid key.
+        self._receptor_pdbqt: tuple[str, str] | None = None
+        self._maps: tuple[tuple, backbone_search.GridMaps] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -180,6 +198,9 @@ class VinaDockingEngine:
             candidates.extend(self._dock_backbone(grid, label, conformer))
         if not candidates:
             raise EngineError("Vina returned no pose for any backbone conformer")
+        candidates.extend(
+            self._refine_backbones(grid, receptor, site, cores, candidates, rng)
+        )
 
         # Side chains go back on the best distinct placements. A placement whose side
         # chains cannot all stay inside the grid is skipped, because Vina rejects it.
@@ -206,7 +227,7 @@ class VinaDockingEngine:
                 docking_affinity=candidate.energy,
                 detail={
                     "backbone_template": candidate.label,
-                    "search": "rigid backbone, side chains cut to CB",
+                    "search": candidate.search,
                 },
             )
             for candidate in kept
@@ -259,12 +280,7 @@ class VinaDockingEngine:
         when it is created, so a docking ``seed`` other than the cached object's makes
         new maps. ``seed=None`` (local optimization only) takes any cached object.
         """
-        key = (
-            hashlib.sha256(receptor.pdb_text.encode()).hexdigest(),
-            tuple(round(v, 3) for v in site.center),
-            tuple(round(v, 3) for v in site.size),
-            cores,
-        )
+        key = _grid_key(receptor, site, cores)
         cached = self._grids.get(key)
         if cached is not None and (seed is None or cached[0] == seed):
             self._grids.move_to_end(key)
@@ -280,7 +296,7 @@ class VinaDockingEngine:
         with tempfile.TemporaryDirectory(prefix="peptide-opt-vina-") as folder:
             path = os.path.join(folder, "receptor.pdbqt")
             with open(path, "w") as handle:
-                handle.write(receptor_pdbqt(receptor.pdb_text))
+                handle.write(self._receptor_pdbqt_text(receptor))
             _call_vina("set_receptor", grid.set_receptor, path)
         _call_vina(
             "compute_vina_maps",
@@ -296,6 +312,13 @@ class VinaDockingEngine:
         )
         self._grids[key] = (seed, grid)
         return grid
+
+    def _receptor_pdbqt_text(self, receptor: Receptor) -> str:
+        """Return :func:`receptor_pdbqt` of ``receptor``, kept for the last one."""
+        digest = hashlib.sha256(receptor.pdb_text.encode()).hexdigest()
+        if self._receptor_pdbqt is None or self._receptor_pdbqt[0] != digest:
+            self._receptor_pdbqt = (digest, receptor_pdbqt(receptor.pdb_text))
+        return self._receptor_pdbqt[1]
 
     # ------------------------------------------------------------------ stages
 
@@ -337,6 +360,122 @@ class VinaDockingEngine:
             _set_positions(placed, conformer_xyz @ rotation.T + translation)
             candidates.append(Candidate(float(energy[0]), label, placed, posed))
         return candidates
+
+    def _refine_backbones(
+        self,
+        grid: Vina,
+        receptor: Receptor,
+        site: Site,
+        cores: int,
+        candidates: list[Candidate],
+        rng: np.random.Generator,
+    ) -> list[Candidate]:
+        """Refine the best distinct placements with a flexible backbone.
+
+        The search of :mod:`peptide_opt.engines.backbone_search` moves each start's
+        CB-truncated backbone on Vina's maps. Each start's best result goes back to
+        Vina as a rigid body, locally optimized on ``grid``, so that its energy is
+        Vina's like that of every other candidate.
+        """
+        if self.settings.n_refined_starts <= 0:
+            return []
+        started = time.perf_counter()
+        starts = _cluster(candidates, CLUSTER_RMSD, self.settings.n_refined_starts)
+        truncated = [peptide_builder.truncate_side_chains(c.mol) for c in starts]
+        maps = self._refinement_maps(grid, receptor, site, cores, truncated[0])
+        model = backbone_search.BackboneModel(truncated[0], maps)
+        start_xyz = np.array(
+            [mol.GetConformer().GetPositions()[model.heavy] for mol in truncated]
+        )
+        best = backbone_search.refine(
+            model, maps, start_xyz, self.settings.refinement, rng
+        )
+        refined = []
+        for parent, heavy_xyz in zip(starts, best):
+            conformer = _conformer_on_backbone(parent.mol, model, heavy_xyz)
+            if conformer is None:
+                continue
+            label = f"{parent.label} refined"
+            refined.append(self._optimize_rigid(grid, label, conformer))
+        logger.info(
+            "vina_backbones_refined starts=%d refined=%d duration_s=%.1f",
+            len(starts),
+            len(refined),
+            time.perf_counter() - started,
+        )
+        return refined
+
+    def _refinement_maps(
+        self,
+        grid: Vina,
+        receptor: Receptor,
+        site: Site,
+        cores: int,
+        truncated: Chem.Mol,
+    ) -> backbone_search.GridMaps:
+        """Compute and read the affinity maps of ``truncated``'s atom types.
+
+        Vina 1.2.7 writes maps only when every axis has an even number of voxels,
+        which ``grid`` does not force: forcing it there would move the grid points
+        of the docking maps, and with them every docking result. A second Vina object
+        computes the maps for export, with at most one more voxel per axis.
+        """
+        key = (_grid_key(receptor, site, cores), frozenset(xs_types(truncated)))
+        if self._maps is not None and self._maps[0] == key:
+            return self._maps[1]
+        exporter = Vina(sf_name="vina", cpu=cores, seed=0, no_refine=True, verbosity=0)
+        with tempfile.TemporaryDirectory(prefix="peptide-opt-vina-") as folder:
+            path = os.path.join(folder, "receptor.pdbqt")
+            with open(path, "w") as handle:
+                handle.write(self._receptor_pdbqt_text(receptor))
+            _call_vina("set_receptor", exporter.set_receptor, path)
+        _call_vina(
+            "compute_vina_maps",
+            exporter.compute_vina_maps,
+            center=list(site.center),
+            box_size=list(site.size),
+            spacing=GRID_SPACING,
+            force_even_voxels=True,
+        )
+        # Vina writes the maps of the current ligand's atom types only. The docking
+        # grid's ligand tables go first, so that two sets of them never coexist.
+        _release_ligand(grid)
+        _set_ligand(exporter, ligand_pdbqt(truncated, rigid="all").text)
+        try:
+            maps = backbone_search.read_grid_maps(exporter)
+        except RuntimeError as error:
+            raise EngineError(f"Vina write_maps failed: {error}") from error
+        self._maps = (key, maps)
+        return maps
+
+    def _optimize_rigid(
+        self, grid: Vina, label: str, conformer: Chem.Mol
+    ) -> Candidate:
+        """Optimize the CB-truncated ``conformer`` locally as a rigid body in place."""
+        truncated = peptide_builder.truncate_side_chains(conformer)
+        ligand = ligand_pdbqt(truncated, rigid="all")
+        _set_ligand(grid, ligand.text)
+        energies = _call_vina("optimize", grid.optimize)
+        with tempfile.TemporaryDirectory(prefix="peptide-opt-vina-") as folder:
+            path = os.path.join(folder, "pose.pdbqt")
+            _call_vina("write_pose", grid.write_pose, path, overwrite=True)
+            with open(path) as handle:
+                pose_xyz = _pdbqt_coordinates(handle.read())
+        posed = np.array(
+            [pose_xyz[ligand.atom_to_pdbqt[i]] for i in _backbone_indices(truncated)]
+        )
+        rotation, translation = _kabsch(_backbone_xyz(truncated), posed)
+        placed = Chem.Mol(conformer)
+        _set_positions(
+            placed, conformer.GetConformer().GetPositions() @ rotation.T + translation
+        )
+        return Candidate(
+            float(energies[0]),
+            label,
+            placed,
+            posed,
+            search="backbone refined on Vina maps, then rigid, side chains cut to CB",
+        )
 
     def optimize(
         self, grid: Vina, mol: Chem.Mol, ligand: LigandPDBQT | None = None
@@ -623,6 +762,36 @@ def _cluster(
     return kept
 
 
+def _grid_key(receptor: Receptor, site: Site, cores: int) -> tuple:
+    return (
+        hashlib.sha256(receptor.pdb_text.encode()).hexdigest(),
+        tuple(round(v, 3) for v in site.center),
+        tuple(round(v, 3) for v in site.size),
+        cores,
+    )
+
+
+def _conformer_on_backbone(
+    parent: Chem.Mol, model: backbone_search.BackboneModel, heavy_xyz: np.ndarray
+) -> Chem.Mol | None:
+    """Return ``parent`` with the backbone of the refined ``heavy_xyz``, placed there.
+
+    The refined phi and psi are set on ``parent``, whose side chains keep their
+    rotamers, and the result is superposed on the refined backbone. Returns None when
+    the rebuilt backbone and CB atoms clash.
+    """
+    phi_psi = backbone_search.backbone_dihedrals(model, heavy_xyz)
+    conformer = peptide_builder.with_backbone(parent, phi_psi)
+    if conformer is None:
+        return None
+    target = heavy_xyz[model.backbone_rows]
+    rotation, translation = _kabsch(_backbone_xyz(conformer), target)
+    _set_positions(
+        conformer, conformer.GetConformer().GetPositions() @ rotation.T + translation
+    )
+    return conformer
+
+
 def _fitting_conformers(
     ensemble: list[tuple[str, Chem.Mol]], site: Site
 ) -> list[tuple[str, Chem.Mol]]:
@@ -658,6 +827,12 @@ def _set_ligand(grid: Vina, pdbqt: str) -> None:
             f"{MAX_LIGAND_MEMORY_MB / 1024:.1f} GB; use a shorter peptide (about 15 "
             "residues or fewer)"
         )
+    _release_ligand(grid)
+    _call_vina("set_ligand_from_string", grid.set_ligand_from_string, pdbqt)
+
+
+def _release_ligand(grid: Vina) -> None:
+    """Replace ``grid``'s ligand by one carbon atom at the box centre."""
     x, y, z = grid.info()["box_center"]
     placeholder = (
         "ROOT\n"
@@ -666,7 +841,6 @@ def _set_ligand(grid: Vina, pdbqt: str) -> None:
         "ENDROOT\nTORSDOF 0\n"
     )
     _call_vina("set_ligand_from_string", grid.set_ligand_from_string, placeholder)
-    _call_vina("set_ligand_from_string", grid.set_ligand_from_string, pdbqt)
 
 
 def _call_vina(action: str, function, *args, **kwargs):

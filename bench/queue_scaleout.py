@@ -74,9 +74,22 @@ def run_tasks(n_workers: int, n_tasks: int, iterations: int, work: Path) -> floa
                     timeout=1800,
                     interval=0.05,
                 )
-                return time.monotonic() - started
+                elapsed = time.monotonic() - started
+                _print_split(db)
+                return elapsed
         finally:
             group.stop()
+
+
+def _print_split(db: psycopg.Connection) -> None:
+    """Print each worker's number of tasks and the seconds its tasks ran."""
+    rows = db.execute(
+        "SELECT worker_id, count(*), "
+        "sum(extract(epoch FROM finished_at - started_at)) "
+        "FROM task_attempts GROUP BY worker_id ORDER BY worker_id"
+    ).fetchall()
+    for worker_id, n_tasks, seconds in rows:
+        print(f"  worker {worker_id}: {n_tasks} tasks, {seconds:.2f} s running")
 
 
 def _spin_many(

@@ -396,7 +396,14 @@ class VinaDockingEngine:
             if conformer is None:
                 continue
             label = f"{parent.label} refined"
-            refined.append(self._optimize_rigid(grid, label, conformer))
+            try:
+                refined.append(self._optimize_rigid(grid, label, conformer))
+            except EngineError as error:
+                # The export maps reach up to one voxel beyond the docking maps, so
+                # a refined pose can stick out of the docking box, which Vina rejects.
+                logger.warning(
+                    "vina_refined_backbone_skipped template=%s error=%s", label, error
+                )
         logger.info(
             "vina_backbones_refined starts=%d refined=%d duration_s=%.1f",
             len(starts),

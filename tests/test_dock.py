@@ -128,3 +128,34 @@ def test_receptor_pdbqt_types(czy_site_receptor):
     # merged into their carbons.
     assert {"C", "A", "N", "OA", "HD"} <= types
     assert "H" not in types
+
+
+def test_dock_box_too_small_for_side_chains(czy_site_receptor):
+    # A 12 Å box on the 1CZY site holds a CB-truncated backbone of PQQATDD but not its
+    # side chains, so no placement is kept: the error says why and what to change,
+    # instead of a bare "no pose".
+    from peptide_opt.errors import EngineError
+
+    site = find_site(czy_site_receptor, build_config({"site_chain": "B"}))
+    small = build_config(
+        {
+            "site_center": ",".join(f"{value:.3f}" for value in site.center),
+            "site_size": "12,12,12",
+        }
+    )
+    engine = VinaDockingEngine(
+        SearchSettings(
+            n_random_backbones=2, exhaustiveness=2, max_evals=3000, n_refined_starts=0
+        )
+    )
+    with pytest.raises(EngineError) as raised:
+        dock_peptide(
+            czy_site_receptor,
+            build_peptide_model("PQQATDD", seed=37),
+            find_site(czy_site_receptor, small),
+            small,
+            cores=2,
+            engine=engine,
+        )
+    assert "keeps its side chains inside the docking box" in str(raised.value)
+    assert "give site_center and site_size" in str(raised.value)

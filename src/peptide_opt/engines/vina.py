@@ -221,6 +221,15 @@ class VinaDockingEngine:
             len(kept),
             time.perf_counter() - started,
         )
+        if not kept:
+            best = min(candidate.energy for candidate in candidates)
+            raise EngineError(
+                f"none of the {len(candidates)} docked placements of the peptide keeps "
+                "its side chains inside the docking box (best rigid-backbone Vina "
+                f"energy {best:.1f} kcal/mol, above 0 when every placement clashes "
+                "with the receptor); give site_center and site_size around where the "
+                "peptide binds, with room for its side chains"
+            )
         return [
             Pose(
                 peptide_pdb=peptide_builder.to_pdb(candidate.mol),

@@ -158,4 +158,4 @@ def test_dock_box_too_small_for_side_chains(czy_site_receptor):
             engine=engine,
         )
     assert "keeps its side chains inside the docking box" in str(raised.value)
-    assert "give site_center and site_size" in str(raised.value)
+    assert "Give site_center and site_size" in str(raised.value)

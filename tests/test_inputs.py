@@ -96,6 +96,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["--peptide", "PQQATDD", "--poses", "0"], "n_poses must be between 1 and 50, got 0"),
         (["--peptide", "PQQATDD", "--site-size", "50,20,20"], "site_size must be between 5 and 40, got 50"),
         (["--peptide", "PQQATDD", "--site-chain", "Q"], "site_chain 'Q' not found"),
+        (["--peptide", "PQQATDD", "--cores", "0"], "--cores must be at least 1, got 0"),
     ],
 )
 def test_run_bad_input_exit_code_2(tmp_path, args, message):
@@ -141,3 +142,17 @@ def test_previous_outputs_removed(tmp_path):
     remove_previous_outputs(tmp_path)
     # Only this program's own output names go; a user's file and the log stay.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["design_notes.pdb", "run.log"]
+
+
+def test_run_log_records_failed_step(tmp_path):
+    # The prepare step rejects the missing site chain; run.log, the record a user reads
+    # afterwards, names the step and the error instead of stopping at step_started.
+    output = tmp_path / "out"
+    completed = run_cli(
+        "--receptor", str(EXAMPLES / "1czy" / "1czy_complex.pdb"),
+        "--peptide", "PQQATDD", "--site-chain", "Q",
+        "--output-dir", str(output), cwd=tmp_path,
+    )
+    assert completed.returncode == 2, completed.stderr
+    log = (output / "run.log").read_text()
+    assert "step_failed step=prepare error=site_chain 'Q' not found" in log

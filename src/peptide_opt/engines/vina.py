@@ -197,7 +197,11 @@ class VinaDockingEngine:
         for label, conformer in ensemble:
             candidates.extend(self._dock_backbone(grid, label, conformer))
         if not candidates:
-            raise EngineError("Vina returned no pose for any backbone conformer")
+            raise EngineError(
+                f"Vina placed none of the {len(ensemble)} backbone conformers of the "
+                "peptide inside the docking box; give a larger site_size "
+                "(--site-size) or a shorter peptide"
+            )
         candidates.extend(
             self._refine_backbones(grid, receptor, site, cores, candidates, rng)
         )
@@ -226,9 +230,10 @@ class VinaDockingEngine:
             raise EngineError(
                 f"none of the {len(candidates)} docked placements of the peptide keeps "
                 "its side chains inside the docking box (best rigid-backbone Vina "
-                f"energy {best:.1f} kcal/mol, above 0 when every placement clashes "
-                "with the receptor); give site_center and site_size around where the "
-                "peptide binds, with room for its side chains"
+                f"energy {best:.1f} kcal/mol; a positive energy means that every "
+                "placement clashes with the receptor). Give site_center and site_size "
+                "(--site-center, --site-size) around where the peptide binds, with "
+                "room for its side chains"
             )
         return [
             Pose(
@@ -265,7 +270,8 @@ class VinaDockingEngine:
                     minimized = _minimize_in_receptor(receptor, pose.peptide_pdb, cores)
                     mol = peptide_builder.from_pdb(minimized)
                 optimized = mol
-                energy = score_by_residue(grid, optimized)
+                # Vina reports its energies to 3 decimals.
+                energy = round(score_by_residue(grid, optimized), 3)
                 pose.detail["scoring"] = SCORING_BY_RESIDUE
                 pose.detail["warning"] = (
                     f"the peptide's Vina ligand would need about "
@@ -604,7 +610,9 @@ def receptor_pdbqt(pdb_text: str) -> str:
     """
     clashing = _clashing_residue_pairs(pdb_text)
     if clashing:
-        logger.warning(
+        # The prepare step reports overlapping heavy atoms to the user. These pairs
+        # include hydrogens (a hydrogen bond can be this short) and only steer Meeko.
+        logger.debug(
             "receptor_atoms_overlap residue_pairs=%s",
             ",".join(f"{a}/{b}" for a, b in clashing),
         )

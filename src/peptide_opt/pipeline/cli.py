@@ -121,9 +121,9 @@ def run_command(args: argparse.Namespace) -> int:
         for key in PARSERS
         if key != "storage_prefix" and getattr(args, key) is not None
     }
+    if args.cores is not None and args.cores < 1:
+        raise InputError(f"--cores must be at least 1, got {args.cores}")
     cores = args.cores or available_cores()
-    if cores < 1:
-        raise InputError(f"--cores must be at least 1, got {cores}")
     forms = [
         args.receptor is not None or args.peptide is not None,
         args.input_dir is not None,

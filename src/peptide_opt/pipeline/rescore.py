@@ -142,13 +142,10 @@ def rescore_designs(
             )
             results.append(scores)
             logger.info(
-                "rescore_pose_finished",
-                extra={
-                    "step": "rescore",
-                    "pose": pose.rank,
-                    "n_designs": len(scores),
-                    "duration": round(time.perf_counter() - started, 3),
-                },
+                "rescore_pose_finished pose=%s n_designs=%d duration=%.2fs",
+                pose.rank,
+                len(scores),
+                time.perf_counter() - started,
             )
     return results
 

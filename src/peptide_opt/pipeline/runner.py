@@ -183,6 +183,8 @@ class _PipelineRun:
         result["timings"]["total"] = round(time.perf_counter() - total_start, 3)
         if self.config.cleanup:
             self.checkpoints.clear()
+        for message in result.get("warnings", []):
+            logger.warning("job_warning %s", message)
         logger.info("job_finished duration=%.2fs", result["timings"]["total"])
         self._write_outputs(result)
         return result
@@ -210,7 +212,12 @@ class _PipelineRun:
     def _run_step(self, name: str) -> dict[str, Any] | None:
         logger.info("step_started step=%s", name)
         start = time.perf_counter()
-        state = getattr(self, f"_step_{name}")()
+        try:
+            state = getattr(self, f"_step_{name}")()
+        except Exception as error:
+            # run.log is the record a user reads after a failed run.
+            logger.error("step_failed step=%s error=%s", name, error)
+            raise
         duration = time.perf_counter() - start
         self.timings[name] = round(duration, 3)
         folder = self.checkpoints.save(name, state)

@@ -19,6 +19,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ class TaskProcess:
         self._pipe, child_end = _CONTEXT.Pipe()
         self._process = _CONTEXT.Process(
             target=_child_main,
-            args=(child_end, handler_specs, cores, log_config),
+            args=(child_end, handler_specs, cores, log_config, os.getpid()),
             name="peptide-opt-task",
         )
         self._process.start()
@@ -230,9 +231,11 @@ def _child_main(
     handler_specs: dict[str, str],
     cores: int,
     log_config: LogConfig | None,
+    worker_pid: int,
 ) -> None:
     os.setsid()
     _die_with_parent()
+    _die_with_worker(worker_pid)
     # The worker decides when a task stops; Ctrl-C in a terminal reaches the worker
     # only, because this process left the terminal's process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -259,6 +262,39 @@ def _child_main(
         result = _run_task(pipe, payload, handler_specs, handlers, cores)
         _TASK_ID_FILTER.task_id = None
         pipe.send(result)
+
+
+#: Seconds between two checks of :func:`_die_with_worker`.
+WORKER_CHECK_INTERVAL = 0.5
+
+
+def _die_with_worker(worker_pid: int) -> None:
+    """Kill this process group once the worker process ``worker_pid`` has died.
+
+    The parent of a task process is the forkserver, not the worker, and the forkserver
+    can outlive a killed worker: a Celery worker killed with SIGKILL left its task
+    running to the end. A daemon thread therefore watches the worker itself, through
+    /proc, where a dead but unreaped worker shows as a zombie.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+
+    def watch() -> None:
+        while _process_running(worker_pid):
+            time.sleep(WORKER_CHECK_INTERVAL)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="worker-watch", daemon=True).start()
+
+
+def _process_running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            # The state follows the command name, which is in parentheses.
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _die_with_parent() -> None:

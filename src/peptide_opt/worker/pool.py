@@ -3,9 +3,10 @@
 A worker starts one :class:`TaskProcess` per slot before it claims anything, so a
 task starts in a process whose handlers are already imported. A task process is a
 session leader, so that killing its process group also stops the programs it
-started. Its parent is the worker's forkserver, which exits when the worker dies,
-and the task process gets SIGKILL when that parent exits (Linux
-``PR_SET_PDEATHSIG``).
+started. Its parent is the worker's forkserver, and it gets SIGKILL when that parent
+exits (Linux ``PR_SET_PDEATHSIG``). Because the forkserver can outlive a killed
+worker, a thread in the task process also watches the worker and kills the process
+group once the worker has died.
 """
 
 from __future__ import annotations

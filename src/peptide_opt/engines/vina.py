@@ -307,6 +307,19 @@ class VinaDockingEngine:
             self._grids.popitem(last=False)
         started = time.perf_counter()
         seed = 0 if seed is None else seed
+        grid = self._vina_with_maps(receptor, site, cores, seed)
+        logger.info(
+            "vina_maps_computed size=%s duration_s=%.1f",
+            "x".join(f"{v:.1f}" for v in site.size),
+            time.perf_counter() - started,
+        )
+        self._grids[key] = (seed, grid)
+        return grid
+
+    def _vina_with_maps(
+        self, receptor: Receptor, site: Site, cores: int, seed: int, **map_options
+    ) -> Vina:
+        """Return a new Vina object with the receptor set and its maps for ``site``."""
         grid = Vina(sf_name="vina", cpu=cores, seed=seed, no_refine=True, verbosity=0)
         with tempfile.TemporaryDirectory(prefix="peptide-opt-vina-") as folder:
             path = os.path.join(folder, "receptor.pdbqt")
@@ -319,13 +332,8 @@ class VinaDockingEngine:
             center=list(site.center),
             box_size=list(site.size),
             spacing=GRID_SPACING,
+            **map_options,
         )
-        logger.info(
-            "vina_maps_computed size=%s duration_s=%.1f",
-            "x".join(f"{v:.1f}" for v in site.size),
-            time.perf_counter() - started,
-        )
-        self._grids[key] = (seed, grid)
         return grid
 
     def _receptor_pdbqt_text(self, receptor: Receptor) -> str:
@@ -445,19 +453,8 @@ class VinaDockingEngine:
         key = (_grid_key(receptor, site, cores), frozenset(xs_types(truncated)))
         if self._maps is not None and self._maps[0] == key:
             return self._maps[1]
-        exporter = Vina(sf_name="vina", cpu=cores, seed=0, no_refine=True, verbosity=0)
-        with tempfile.TemporaryDirectory(prefix="peptide-opt-vina-") as folder:
-            path = os.path.join(folder, "receptor.pdbqt")
-            with open(path, "w") as handle:
-                handle.write(self._receptor_pdbqt_text(receptor))
-            _call_vina("set_receptor", exporter.set_receptor, path)
-        _call_vina(
-            "compute_vina_maps",
-            exporter.compute_vina_maps,
-            center=list(site.center),
-            box_size=list(site.size),
-            spacing=GRID_SPACING,
-            force_even_voxels=True,
+        exporter = self._vina_with_maps(
+            receptor, site, cores, seed=0, force_even_voxels=True
         )
         # Vina writes the maps of the current ligand's atom types only. The docking
         # grid's ligand tables go first, so that two sets of them never coexist.

@@ -131,9 +131,9 @@ def test_receptor_pdbqt_types(czy_site_receptor):
 
 
 def test_dock_box_too_small_for_side_chains(czy_site_receptor):
-    # A 12 Å box on the 1CZY site holds a CB-truncated backbone of PQQATDD but not its
-    # side chains, so no placement is kept: the error says why and what to change,
-    # instead of a bare "no pose".
+    # A 12 Å box on the 1CZY site fits a CB-truncated backbone of PQQATDD but not its
+    # side chains, so no placement is kept. The error then says why and what to
+    # change, instead of a bare "no pose".
     from peptide_opt.errors import EngineError
 
     site = find_site(czy_site_receptor, build_config({"site_chain": "B"}))

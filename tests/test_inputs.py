@@ -145,8 +145,8 @@ def test_previous_outputs_removed(tmp_path):
 
 
 def test_run_log_records_failed_step(tmp_path):
-    # The prepare step rejects the missing site chain; run.log, the record a user reads
-    # afterwards, names the step and the error instead of stopping at step_started.
+    # The prepare step rejects the missing site chain. run.log, the record a user reads
+    # afterwards, then names the step and the error instead of ending at step_started.
     output = tmp_path / "out"
     completed = run_cli(
         "--receptor", str(EXAMPLES / "1czy" / "1czy_complex.pdb"),

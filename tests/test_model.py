@@ -153,8 +153,8 @@ def test_model_backbone_bond_lengths():
 def test_model_proline_phi_and_backbone_ensemble():
     # ETKDG embedded PRO5 of the 5FFG peptide with phi = +9 degrees (seed 37), which
     # left every backbone of the docking ensemble with two carbonyl oxygens 1.9 Å
-    # apart. The builder holds proline's phi in -70..-60 during an MMFF minimization;
-    # 5 degrees on each side allows for the restraint's flat-bottom give.
+    # apart. The builder restrains proline's phi to -70..-60 during an MMFF
+    # minimization, and 5 degrees on each side allow for the restraint's give.
     from rdkit.Chem import rdMolTransforms
 
     mol = build_peptide_model("GNGVPNLRGDLQVLGQRVGRT", seed=37).mol

@@ -153,8 +153,8 @@ def test_overlapping_rebuilt_side_chains_reported():
 def test_rebuilt_terminal_oxygen_in_carboxylate_plane(tmp_path):
     # Without its OXT, LEU A168 (the last residue of chain A) gets one rebuilt. Placed
     # at 120 degrees from CA and O, OXT lies 1.25 Å from C and 2.40 Å from CA (with the
-    # 1.52 Å C-CA bond); PDBFixer's own placement left it 1.8 Å from CA in 5FFG, which
-    # Meeko read as a bond. 0.05 Å allows for the deposited C-CA bond length.
+    # 1.52 Å C-CA bond). PDBFixer alone left it 2.04 Å from CA here and 1.78 Å in 5FFG,
+    # which Meeko read as a bond. 0.05 Å allows for the deposited C-CA bond length.
     lines = [line for line in atom_lines() if line[12:16].strip() != "OXT"]
     path = write(tmp_path, "no_oxt.pdb", lines)
     receptor = prepare_receptor(path, build_config({"site_chain": "B"}))

@@ -255,8 +255,8 @@ class VinaDockingEngine:
         A pose whose whole-peptide ligand fits ``WHOLE_LIGAND_MEMORY_MB`` is optimized
         by Vina with every torsion free. A larger one is minimized with OpenMM, unless
         ``pose.detail[MINIMIZED_IN_RECEPTOR]`` is true, and scored in residues (see the
-        module docstring). ``pose.detail["scoring"]`` says
-        which; the pose's ``peptide_pdb`` is replaced by the optimized coordinates.
+        module docstring). ``pose.detail["scoring"]`` names the path taken, and the
+        pose's ``peptide_pdb`` is replaced by the optimized coordinates.
         """
         grid = self.grid(receptor, site, cores, seed=None)
         for pose in poses:
@@ -266,12 +266,14 @@ class VinaDockingEngine:
                 energy, optimized = self.optimize(grid, mol, ligand)
                 pose.detail["scoring"] = SCORING_WHOLE
             else:
+                scored_ligand = ligand
                 if not pose.detail.get(MINIMIZED_IN_RECEPTOR):
                     minimized = _minimize_in_receptor(receptor, pose.peptide_pdb, cores)
                     mol = peptide_builder.from_pdb(minimized)
+                    scored_ligand = None
                 optimized = mol
                 # Vina reports its energies to 3 decimals.
-                energy = round(score_by_residue(grid, optimized), 3)
+                energy = round(score_by_residue(grid, optimized, scored_ligand), 3)
                 pose.detail["scoring"] = SCORING_BY_RESIDUE
                 pose.detail["warning"] = (
                     f"the peptide's Vina ligand would need about "
@@ -524,16 +526,19 @@ class VinaDockingEngine:
 # ---------------------------------------------------------------------- by residue
 
 
-def score_by_residue(grid: Vina, mol: Chem.Mol) -> float:
+def score_by_residue(
+    grid: Vina, mol: Chem.Mol, ligand: LigandPDBQT | None = None
+) -> float:
     """Return Vina's affinity (kcal/mol) of ``mol`` in its pose, without optimization.
 
     Each residue of ``mol``'s flexible PDBQT is set as a rigid ligand on ``grid``'s
     maps. The residues' intermolecular energies add up to the whole peptide's, and the
     sum is divided by Vina's torsional factor of the whole peptide. Memory stays that
     of the largest residue. Raises :class:`EngineError` (Vina's "outside the grid box")
-    when an atom lies outside the maps.
+    when an atom lies outside the maps. ``ligand`` is ``mol``'s flexible PDBQT when
+    the caller has it already.
     """
-    ligand = ligand_pdbqt(mol, rigid="none")
+    ligand = ligand or ligand_pdbqt(mol, rigid="none")
     residues: dict[int, list[str]] = {}
     for line in ligand.text.splitlines():
         if line.startswith(("ATOM  ", "HETATM")):

@@ -162,9 +162,19 @@ class BackboneModel:
     phi (N-CA) and psi (CA-C) bond turns the atoms on its smaller side: row
     ``moving[k]`` is the mask of bond ``k``, which turns about the axis from row
     ``fixed[k]`` to row ``pivot[k]``. Proline's phi, closed by its ring, stays.
+    ``clash_weight`` (kcal/mol per Å^2) weighs the squared overlap of atoms closer
+    than ``clash_distance`` (Å).
     """
 
-    def __init__(self, mol: Chem.Mol, maps: GridMaps):
+    def __init__(
+        self,
+        mol: Chem.Mol,
+        maps: GridMaps,
+        clash_weight: float = CLASH_WEIGHT,
+        clash_distance: float = CLASH_DISTANCE,
+    ):
+        self.clash_weight = clash_weight
+        self.clash_distance = clash_distance
         self.heavy = np.array(
             [atom.GetIdx() for atom in mol.GetAtoms() if atom.GetAtomicNum() > 1]
         )
@@ -205,7 +215,7 @@ class BackboneModel:
             if number > 0 and not mol.GetAtomWithIdx(residue.n).IsInRing():
                 bonds.append((residue.n, residue.ca))
             for first, second in bonds:
-                side = _side_of_bond(heavy_mol, row[first], row[second])
+                side = side_of_bond(heavy_mol, row[first], row[second])
                 other = np.setdiff1d(np.arange(n_atoms), side)
                 mask = np.zeros(n_atoms, dtype=bool)
                 if len(side) <= len(other):
@@ -236,10 +246,10 @@ class BackboneModel:
         first, second = self.clash_pairs
         difference = xyz[:, first, :] - xyz[:, second, :]
         distance = np.sqrt(np.einsum("cpi,cpi->cp", difference, difference))
-        overlap = np.clip(CLASH_DISTANCE - distance, 0.0, None)
-        energy = CLASH_WEIGHT * (overlap**2).sum(axis=-1)
+        overlap = np.clip(self.clash_distance - distance, 0.0, None)
+        energy = self.clash_weight * (overlap**2).sum(axis=-1)
         # dE/dx_first = -2 w overlap (x_first - x_second) / distance.
-        scale = -2.0 * CLASH_WEIGHT * overlap / np.maximum(distance, 1e-6)
+        scale = -2.0 * self.clash_weight * overlap / np.maximum(distance, 1e-6)
         pair_gradient = scale[..., None] * difference
         return energy, np.matmul(self.pair_incidence, pair_gradient)
 
@@ -247,10 +257,18 @@ class BackboneModel:
 def _map_energy(
     maps: GridMaps, xyz: np.ndarray, types: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return the summed map energy (C,) of poses ``xyz`` and its gradient (C, n, 3).
+    """Return the summed map energy (C,) of poses ``xyz`` and its gradient (C, n, 3)."""
+    energy, gradient = atom_map_energies(maps, xyz, types)
+    return energy.sum(axis=-1), gradient
 
-    Atoms outside the maps take the value at the nearest edge plus
-    ``OUTSIDE_PENALTY`` per Å outside.
+
+def atom_map_energies(
+    maps: GridMaps, xyz: np.ndarray, types: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return each atom's map energy (..., n) and its gradient (..., n, 3).
+
+    ``types`` holds each atom's index into ``maps.values``. Atoms outside the maps
+    take the value at the nearest edge plus ``OUTSIDE_PENALTY`` per Å outside.
     """
     shape = np.array(maps.values.shape[1:])
     scaled = (xyz - maps.origin) / maps.spacing
@@ -280,10 +298,10 @@ def _map_energy(
     gradient /= maps.spacing
     outside = np.abs(beyond).sum(axis=-1) * maps.spacing
     gradient += OUTSIDE_PENALTY * np.sign(beyond)
-    return (energy + OUTSIDE_PENALTY * outside).sum(axis=-1), gradient
+    return energy + OUTSIDE_PENALTY * outside, gradient
 
 
-def _side_of_bond(mol: Chem.Mol, first: int, second: int) -> np.ndarray:
+def side_of_bond(mol: Chem.Mol, first: int, second: int) -> np.ndarray:
     """Return the atoms on ``second``'s side of the bond ``first``-``second``."""
     seen = {second}
     stack = [second]
@@ -299,7 +317,7 @@ def _side_of_bond(mol: Chem.Mol, first: int, second: int) -> np.ndarray:
     return np.array(sorted(seen))
 
 
-def _rotate(
+def rotate(
     xyz: np.ndarray,
     mask: np.ndarray,
     origin: np.ndarray,
@@ -357,7 +375,7 @@ def relax(
         for k in range(len(model.pivot)):
             origin = trial[chains, model.pivot[k]]
             axis = origin - trial[chains, model.fixed[k]]
-            trial = _rotate(trial, model.moving[k], origin, axis, angles[:, k])
+            trial = rotate(trial, model.moving[k], origin, axis, angles[:, k])
         # The rotation and shift take smaller factors than the torsions, because
         # they move every atom.
         rotation = -step[:, None] * rigid_torque * 0.02
@@ -365,7 +383,7 @@ def relax(
         axis = np.where(norm[:, None] > 0, rotation, np.array([1.0, 0.0, 0.0]))
         angle = np.clip(norm, 0.0, MAX_ROTATION_STEP)
         everything = np.ones(trial.shape[1], dtype=bool)
-        trial = _rotate(trial, everything, trial.mean(axis=1), axis, angle)
+        trial = rotate(trial, everything, trial.mean(axis=1), axis, angle)
         shift = -step[:, None] * net_force * 0.1
         length = np.linalg.norm(shift, axis=1, keepdims=True)
         shift *= np.minimum(1.0, MAX_SHIFT_STEP / np.maximum(length, 1e-9))
@@ -406,7 +424,7 @@ def refine(
             origin = trial[chains, model.pivot[chosen]]
             axis = origin - trial[chains, model.fixed[chosen]]
             angle = np.radians(rng.normal(0.0, settings.kick_deg, n_chains))
-            trial = _rotate(trial, model.moving[chosen], origin, axis, angle)
+            trial = rotate(trial, model.moving[chosen], origin, axis, angle)
         trial = trial + rng.normal(0.0, settings.kick_shift, (n_chains, 1, 3))
         trial_energy, trial = relax(model, maps, trial, settings.n_relax_steps)
 

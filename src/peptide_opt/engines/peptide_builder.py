@@ -334,12 +334,18 @@ def rigid_heavy_atoms(mol: Chem.Mol) -> np.ndarray:
     return np.array(indices)
 
 
-def has_clash(mol: Chem.Mol, conf_id: int, atoms: np.ndarray) -> bool:
-    """Return True when two ``atoms`` four or more bonds apart are closer than 2.6 Å."""
+def has_clash(
+    mol: Chem.Mol,
+    conf_id: int,
+    atoms: np.ndarray,
+    min_distance: float = CLASH_DISTANCE,
+) -> bool:
+    """Return True when two ``atoms`` four or more bonds apart are closer than
+    ``min_distance`` (Å)."""
     xyz = mol.GetConformer(conf_id).GetPositions()[atoms]
     topological = Chem.GetDistanceMatrix(mol)[np.ix_(atoms, atoms)]
     distance = np.linalg.norm(xyz[:, None, :] - xyz[None, :, :], axis=-1)
-    close = (distance < CLASH_DISTANCE) & (topological >= 4)
+    close = (distance < min_distance) & (topological >= 4)
     return bool(close.any())
 
 
@@ -359,17 +365,21 @@ def sample_basins(
     return angles
 
 
-def with_backbone(mol: Chem.Mol, phi_psi: list[tuple[float, float]]) -> Chem.Mol | None:
+def with_backbone(
+    mol: Chem.Mol,
+    phi_psi: list[tuple[float, float]],
+    min_distance: float = CLASH_DISTANCE,
+) -> Chem.Mol | None:
     """Return a copy of ``mol`` whose first conformer has the given backbone.
 
-    Returns None when the rigid atoms (:func:`rigid_heavy_atoms`) clash. Side chains
-    beyond CB keep their embedded geometry and may clash; the docking search moves
-    them, so they are not checked.
+    Returns None when two rigid atoms (:func:`rigid_heavy_atoms`) come closer than
+    ``min_distance`` (Å). Side chains beyond CB keep their embedded geometry and may
+    clash; the docking search moves them, so they are not checked.
     """
     copy = Chem.Mol(mol, confId=mol.GetConformer().GetId())
     conf_id = copy.GetConformer().GetId()
     set_backbone(copy, conf_id, phi_psi)
-    if has_clash(copy, conf_id, rigid_heavy_atoms(copy)):
+    if has_clash(copy, conf_id, rigid_heavy_atoms(copy), min_distance):
         return None
     return copy
 

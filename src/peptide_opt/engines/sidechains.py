@@ -395,6 +395,14 @@ class _Nonbonded:
 def _create_system(topology, label: str):
     from openmm import app
 
+    # Without its external bonds, a cysteine that lacks HG matches both the
+    # disulfide (CYX) and the thiolate (CYM) template. Bridged cysteines lack HG and
+    # thiolates are rare at the pH of a job, so CYX is taken.
+    bridged = {
+        residue: "CYX"
+        for residue in topology.residues()
+        if residue.name == "CYS" and all(atom.name != "HG" for atom in residue.atoms())
+    }
     try:
         return _force_field().createSystem(
             topology,
@@ -403,6 +411,7 @@ def _create_system(topology, label: str):
             # Shell residues at fragment ends lack their neighbours; match them to the
             # chain-internal templates.
             ignoreExternalBonds=True,
+            residueTemplates=bridged,
         )
     except ValueError as error:
         raise EngineError(

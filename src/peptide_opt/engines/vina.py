@@ -74,7 +74,7 @@ from rdkit.Geometry import Point3D
 from scipy.spatial import cKDTree
 from vina import Vina
 
-from peptide_opt.engines import backbone_search, peptide_builder, side_chains
+from peptide_opt.engines import backbone_search, growth, peptide_builder, side_chains
 from peptide_opt.engines.backbone_search import xs_types
 from peptide_opt.errors import EngineError
 from peptide_opt.pipeline.types import PeptideModel, Pose, Receptor, Site
@@ -112,6 +112,9 @@ TORSION_WEIGHT = 0.05846
 #: threading engine (``rescore`` and later rounds set it), which the residue path then
 #: scores as it is.
 MINIMIZED_IN_RECEPTOR = "minimized_in_receptor"
+#: Part of Vina's message for a ligand atom outside the grid maps.
+OUTSIDE_GRID = "outside the grid box"
+
 #: Values of ``pose.detail["scoring"]``, one per scoring path.
 SCORING_WHOLE = "vina local optimization of the whole peptide"
 SCORING_BY_RESIDUE = "openmm minimization in the receptor, vina score summed by residue"
@@ -135,6 +138,35 @@ class SearchSettings:
     n_refined_starts: int = 8
     refinement: backbone_search.RefinementSettings = dataclasses.field(
         default_factory=backbone_search.RefinementSettings
+    )
+    #: Peptides longer than ``max_rigid_length`` residues are docked in segments of
+    #: ``segment_length`` residues that start at most ``segment_stride`` apart. The
+    #: best ``n_grown_segments`` segment placements, at most ``segments_per_window``
+    #: of one segment, are grown to the whole peptide (:mod:`growth`), and the best
+    #: ``n_grown_kept`` grown chains of each are refined.
+    max_rigid_length: int = 12
+    #: Segments are docked in the site's box shrunk by ``segment_box_inset`` Å on each
+    #: side, but not below ``min_segment_box`` Å, so that the rest of the peptide has
+    #: room to grow around them.
+    segment_box_inset: float = 0.0
+    min_segment_box: float = 20.0
+    segment_length: int = 7
+    segment_stride: int = 3
+    n_grown_segments: int = 36
+    segments_per_window: int = 6
+    n_grown_kept: int = 4
+    #: Clash weight (kcal/mol per Å^2) and distance (Å) of growth and refinement of
+    #: grown chains. A long chain folds back on itself: with the penalty of short
+    #: peptides, backbone atoms of grown 5FFG chains ended 1.7-1.9 Å apart. The
+    #: distance exceeds the 2.6 Å that the rebuilt chain must keep.
+    grown_clash_weight: float = 50.0
+    grown_clash_distance: float = 2.8
+    #: A grown chain whose backbone and CB atoms come closer than this (Å) is
+    #: dropped; the ``score`` step's minimization in the receptor relaxes the rest.
+    grown_min_distance: float = 2.2
+    n_grown_refined: int = 32
+    growth_settings: growth.GrowthSettings = dataclasses.field(
+        default_factory=growth.GrowthSettings
     )
 
 
@@ -189,22 +221,18 @@ class VinaDockingEngine:
         receptor_xyz = _receptor_heavy_xyz(receptor.pdb_text)
 
         rng = np.random.default_rng(seed)
-        ensemble = peptide_builder.backbone_ensemble(
-            peptide.mol, self.settings.n_random_backbones, rng
-        )
-        ensemble = _fitting_conformers(ensemble, site)
-        candidates = []
-        for label, conformer in ensemble:
-            candidates.extend(self._dock_backbone(grid, label, conformer))
-        if not candidates:
-            raise EngineError(
-                f"Vina placed none of the {len(ensemble)} backbone conformers of the "
-                "peptide inside the docking box; give a larger site_size "
-                "(--site-size) or a shorter peptide"
+        if len(peptide.sequence) > self.settings.max_rigid_length:
+            candidates = self._grow_segments(grid, receptor, site, cores, peptide, rng)
+            n_backbones = len(candidates)
+        else:
+            ensemble = peptide_builder.backbone_ensemble(
+                peptide.mol, self.settings.n_random_backbones, rng
             )
-        candidates.extend(
-            self._refine_backbones(grid, receptor, site, cores, candidates, rng)
-        )
+            candidates = self._dock_ensemble(grid, _fitting_conformers(ensemble, site))
+            n_backbones = len(ensemble)
+            candidates.extend(
+                self._refine_backbones(grid, receptor, site, cores, candidates, rng)
+            )
 
         # Side chains go back on the best distinct placements. A placement whose side
         # chains cannot all stay inside the grid is skipped, because Vina rejects it.
@@ -220,7 +248,7 @@ class VinaDockingEngine:
                 break
         logger.info(
             "vina_dock_finished backbones=%d candidates=%d poses=%d duration_s=%.1f",
-            len(ensemble),
+            n_backbones,
             len(candidates),
             len(kept),
             time.perf_counter() - started,
@@ -266,22 +294,38 @@ class VinaDockingEngine:
                 energy, optimized = self.optimize(grid, mol, ligand)
                 pose.detail["scoring"] = SCORING_WHOLE
             else:
-                scored_ligand = ligand
-                if not pose.detail.get(MINIMIZED_IN_RECEPTOR):
-                    minimized = _minimize_in_receptor(receptor, pose.peptide_pdb, cores)
-                    mol = peptide_builder.from_pdb(minimized)
-                    scored_ligand = None
-                optimized = mol
-                # Vina reports its energies to 3 decimals.
-                energy = round(score_by_residue(grid, optimized, scored_ligand), 3)
-                pose.detail["scoring"] = SCORING_BY_RESIDUE
-                pose.detail["warning"] = (
+                warning = (
                     f"the peptide's Vina ligand would need about "
                     f"{ligand_memory_mb(ligand.text) / 1024:.1f} GB, above "
                     f"{WHOLE_LIGAND_MEMORY_MB / 1024:.1f} GB: poses were minimized "
                     "with OpenMM and scored by Vina residue by residue, not optimized "
                     "by Vina"
                 )
+                optimized = mol
+                if pose.detail.get(MINIMIZED_IN_RECEPTOR):
+                    energy = score_by_residue(grid, mol, ligand)
+                else:
+                    minimized = peptide_builder.from_pdb(
+                        _minimize_in_receptor(receptor, pose.peptide_pdb, cores)
+                    )
+                    try:
+                        energy = score_by_residue(grid, minimized)
+                        optimized = minimized
+                    except EngineError as error:
+                        if OUTSIDE_GRID not in str(error):
+                            raise
+                        # The docked pose lies inside the maps; only the
+                        # minimization moved atoms out.
+                        energy = score_by_residue(grid, mol, ligand)
+                        warning += (
+                            "; minimization moved atoms of some poses out of the "
+                            "docking box, and those poses were scored as docked"
+                        )
+                        pose.detail["minimization_left_box"] = True
+                # Vina reports its energies to 3 decimals.
+                energy = round(energy, 3)
+                pose.detail["scoring"] = SCORING_BY_RESIDUE
+                pose.detail["warning"] = warning
             pose.affinity = energy
             pose.peptide_pdb = peptide_builder.to_pdb(optimized)
 
@@ -386,6 +430,173 @@ class VinaDockingEngine:
             candidates.append(Candidate(float(energy[0]), label, placed, posed))
         return candidates
 
+    def _dock_ensemble(
+        self, grid: Vina, ensemble: list[tuple[str, Chem.Mol]]
+    ) -> list[Candidate]:
+        """Dock every labelled backbone conformer; raise when none fits the box."""
+        candidates = []
+        for label, conformer in ensemble:
+            candidates.extend(self._dock_backbone(grid, label, conformer))
+        if not candidates:
+            raise EngineError(
+                f"Vina placed none of the {len(ensemble)} backbone conformers of the "
+                "peptide inside the docking box; give a larger site_size "
+                "(--site-size) or a shorter peptide"
+            )
+        return candidates
+
+    def _grow_segments(
+        self,
+        grid: Vina,
+        receptor: Receptor,
+        site: Site,
+        cores: int,
+        peptide: PeptideModel,
+        rng: np.random.Generator,
+    ) -> list[Candidate]:
+        """Dock segments of a long peptide, grow the best to the whole, refine them.
+
+        Each segment is built, docked and clustered like a short peptide. The grown
+        and refined chains are scored by Vina residue by residue, as rigid
+        CB-truncated bodies, the energy that rigid docking gives a short peptide.
+        """
+        settings = self.settings
+        started = time.perf_counter()
+        sequence = peptide.sequence
+        length = settings.segment_length
+        inner = dataclasses.replace(
+            site,
+            size=tuple(
+                min(side, max(side - 2 * settings.segment_box_inset, settings.min_segment_box))
+                for side in site.size
+            ),
+        )
+        segment_grid = self._vina_with_maps(
+            receptor, inner, cores, int(rng.integers(2**31))
+        )
+        seeds: list[tuple[int, Candidate]] = []
+        for first in growth.segment_starts(
+            len(sequence), length, settings.segment_stride
+        ):
+            segment = peptide_builder.build_peptide(sequence[first : first + length])
+            peptide_builder.embed(segment, int(rng.integers(2**31)))
+            ensemble = [
+                (f"segment {first + 1}-{first + length} {label}", conformer)
+                for label, conformer in peptide_builder.backbone_ensemble(
+                    segment, settings.n_random_backbones, rng
+                )
+            ]
+            placements = self._dock_ensemble(segment_grid, ensemble)
+            seeds.extend(
+                (first, candidate)
+                for candidate in _cluster(
+                    placements, CLUSTER_RMSD, settings.segments_per_window
+                )
+            )
+        del segment_grid
+        seeds.sort(key=lambda item: (item[1].energy, item[1].label))
+        seeds = seeds[: settings.n_grown_segments]
+        logger.info(
+            "vina_segments_docked segments=%d best_energy=%.2f duration_s=%.1f",
+            len({first for first, _ in seeds}),
+            seeds[0][1].energy,
+            time.perf_counter() - started,
+        )
+
+        template = peptide_builder.truncate_side_chains(peptide.mol)
+        maps = growth.with_edge_penalty(
+            self._refinement_maps(grid, receptor, site, cores, template),
+            settings.growth_settings.edge_margin,
+            settings.growth_settings.edge_slope,
+        )
+        model = backbone_search.BackboneModel(
+            template,
+            maps,
+            clash_weight=settings.grown_clash_weight,
+            clash_distance=settings.grown_clash_distance,
+        )
+        grower = growth.GrowthModel(model, template)
+        grown, grown_energy, labels = [], [], []
+        for first, seed in seeds:
+            start = _segment_in_chain(peptide.mol, seed.mol, first, model)
+            energies, poses = growth.grow(
+                grower,
+                maps,
+                start,
+                first,
+                first + length - 1,
+                settings.growth_settings,
+                rng,
+            )
+            kept = min(settings.n_grown_kept, len(poses))
+            grown.extend(poses[:kept])
+            grown_energy.extend(energies[:kept])
+            labels.extend([f"{seed.label} grown"] * kept)
+
+        order = np.argsort(grown_energy, kind="stable")
+        starts: list[int] = []
+        for index in order:
+            backbone = grown[index][model.backbone_rows]
+            if all(
+                backbone_rmsd(backbone, grown[other][model.backbone_rows])
+                >= CLUSTER_RMSD
+                for other in starts
+            ):
+                starts.append(int(index))
+            if len(starts) == settings.n_grown_refined:
+                break
+        refined = np.array([grown[i] for i in starts])
+        if settings.n_refined_starts > 0:
+            refined = backbone_search.refine(
+                model, maps, refined, settings.refinement, rng
+            )
+
+        candidates = []
+        for index, heavy_xyz in zip(starts, refined):
+            conformer = _conformer_on_backbone(
+                peptide.mol, model, heavy_xyz, settings.grown_min_distance
+            )
+            if conformer is None:
+                continue
+            truncated = peptide_builder.truncate_side_chains(conformer)
+            try:
+                energy = score_by_residue(
+                    grid, truncated, ligand_pdbqt(truncated, rigid="all")
+                )
+            except EngineError as error:
+                logger.warning(
+                    "vina_grown_backbone_skipped template=%s error=%s",
+                    labels[index],
+                    error,
+                )
+                continue
+            candidates.append(
+                Candidate(
+                    round(energy, 3),
+                    labels[index],
+                    conformer,
+                    _backbone_xyz(truncated),
+                    search=(
+                        "segment docked as a rigid body, grown and refined on Vina "
+                        "maps, side chains cut to CB"
+                    ),
+                )
+            )
+        logger.info(
+            "vina_segments_grown seeds=%d refined=%d candidates=%d duration_s=%.1f",
+            len(seeds),
+            len(starts),
+            len(candidates),
+            time.perf_counter() - started,
+        )
+        if not candidates:
+            raise EngineError(
+                f"none of the {len(starts)} peptides grown from docked segments fits "
+                "the docking box without clashes; give site_center and site_size "
+                "(--site-center, --site-size) around where the peptide binds"
+            )
+        return candidates
+
     def _refine_backbones(
         self,
         grid: Vina,
@@ -461,7 +672,7 @@ class VinaDockingEngine:
         # Vina writes the maps of the current ligand's atom types only. The docking
         # grid's ligand tables go first, so that two sets of them never coexist.
         _release_ligand(grid)
-        _set_ligand(exporter, ligand_pdbqt(truncated, rigid="all").text)
+        _set_ligand(exporter, _type_probe(ligand_pdbqt(truncated, rigid="all").text))
         try:
             maps = backbone_search.read_grid_maps(exporter)
         except RuntimeError as error:
@@ -797,17 +1008,100 @@ def _grid_key(receptor: Receptor, site: Site, cores: int) -> tuple:
     )
 
 
+def _type_probe(pdbqt: str) -> str:
+    """Return a rigid ligand of the residues that hold every atom type of ``pdbqt``.
+
+    An atom's Vina type depends on its residue alone, so the first and last residues
+    and one residue of each name cover the whole peptide. Writing maps for this
+    small ligand costs little memory where the whole peptide would cost gigabytes.
+    """
+    residues: dict[int, list[str]] = {}
+    for line in pdbqt.splitlines():
+        if line.startswith(("ATOM  ", "HETATM")):
+            residues.setdefault(int(line[22:26]), []).append(line)
+    numbers = sorted(residues)
+    chosen = {numbers[0], numbers[-1]}
+    names: set[str] = set()
+    for number in numbers:
+        name = residues[number][0][17:20]
+        if name not in names:
+            names.add(name)
+            chosen.add(number)
+    lines = [line for number in sorted(chosen) for line in residues[number]]
+    return "ROOT\n" + "\n".join(lines) + "\nENDROOT\nTORSDOF 0\n"
+
+
+def _segment_in_chain(
+    mol: Chem.Mol,
+    segment: Chem.Mol,
+    first: int,
+    model: backbone_search.BackboneModel,
+) -> np.ndarray:
+    """Return the heavy atoms (rows of ``model``) of ``mol`` around a placed segment.
+
+    The segment's residues take its phi and psi (the last psi measured to its OXT,
+    where the next residue's N goes) and the other residues polyproline II. The chain,
+    cut to CB, is superposed on the segment's backbone.
+    """
+    segment_residues = peptide_builder.backbone_atoms(segment)
+    segment_xyz = segment.GetConformer().GetPositions()
+    segment_angles = peptide_builder.backbone_dihedrals(segment)
+    oxt = next(
+        atom.GetIdx()
+        for atom in segment.GetAtoms()
+        if atom.GetPDBResidueInfo().GetName().strip() == "OXT"
+    )
+    last = segment_residues[-1]
+    segment_angles[-1] = (
+        segment_angles[-1][0],
+        float(
+            np.degrees(
+                growth.dihedrals(
+                    segment_xyz[None], (last.n, last.ca, last.c, oxt)
+                )[0]
+            )
+        ),
+    )
+    n_residues = len(peptide_builder.backbone_atoms(mol))
+    phi_psi = [peptide_builder.BACKBONE_STATES["ppii"]] * n_residues
+    for offset, (phi, psi) in enumerate(segment_angles):
+        phi_psi[first + offset] = (
+            peptide_builder.BACKBONE_STATES["ppii"][0] if np.isnan(phi) else phi,
+            psi,
+        )
+    chain = Chem.Mol(mol, confId=mol.GetConformer().GetId())
+    peptide_builder.set_backbone(chain, chain.GetConformer().GetId(), phi_psi)
+    truncated = peptide_builder.truncate_side_chains(chain)
+    residues = peptide_builder.backbone_atoms(truncated)
+    moving = [
+        index
+        for residue in residues[first : first + len(segment_residues)]
+        for index in (residue.n, residue.ca, residue.c, residue.o)
+    ]
+    target = [
+        index
+        for residue in segment_residues
+        for index in (residue.n, residue.ca, residue.c, residue.o)
+    ]
+    xyz = truncated.GetConformer().GetPositions()
+    rotation, translation = _kabsch(xyz[moving], segment_xyz[target])
+    return (xyz @ rotation.T + translation)[model.heavy]
+
+
 def _conformer_on_backbone(
-    parent: Chem.Mol, model: backbone_search.BackboneModel, heavy_xyz: np.ndarray
+    parent: Chem.Mol,
+    model: backbone_search.BackboneModel,
+    heavy_xyz: np.ndarray,
+    min_distance: float = peptide_builder.CLASH_DISTANCE,
 ) -> Chem.Mol | None:
     """Return ``parent`` with the backbone of the refined ``heavy_xyz``, placed there.
 
     The refined phi and psi are set on ``parent``, whose side chains keep their
     rotamers, and the result is superposed on the refined backbone. Returns None when
-    the rebuilt backbone and CB atoms clash.
+    two rebuilt backbone and CB atoms come closer than ``min_distance`` (Å).
     """
     phi_psi = backbone_search.backbone_dihedrals(model, heavy_xyz)
-    conformer = peptide_builder.with_backbone(parent, phi_psi)
+    conformer = peptide_builder.with_backbone(parent, phi_psi, min_distance)
     if conformer is None:
         return None
     target = heavy_xyz[model.backbone_rows]

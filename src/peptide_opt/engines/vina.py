@@ -20,6 +20,13 @@ for Vina's Monte Carlo. The search here is split into stages instead:
    side chains back, set to the staggered rotamers that fit the receptor best
    (:mod:`peptide_opt.engines.side_chains`). ``docking_affinity`` is the rigid
    search's Vina energy of the CB-truncated backbone.
+   Peptides longer than ``SearchSettings.max_rigid_length`` take another path
+   instead of stages 1-3, because no rigid backbone of that length fits a protein
+   surface. Overlapping segments of ``segment_length`` residues go through stages 1
+   and 2, the best segment placements are grown to the whole peptide one residue at a
+   time on Vina's maps (:mod:`peptide_opt.engines.growth`), and the grown chains are
+   refined as in stage 3. Their ``docking_affinity`` is Vina's energy of the
+   CB-truncated chain as a rigid body, summed residue by residue.
 5. **Local flexible refinement** (the ``score`` step). Vina optimizes each pose
    locally with every torsion free, backbone and side chains; its energy is the
    pose's ``affinity``.
@@ -112,8 +119,8 @@ TORSION_WEIGHT = 0.05846
 #: threading engine (``rescore`` and later rounds set it), which the residue path then
 #: scores as it is.
 MINIMIZED_IN_RECEPTOR = "minimized_in_receptor"
-#: Part of Vina's message for a ligand atom outside the grid maps.
-OUTSIDE_GRID = "outside the grid box"
+#: Vina's message for a ligand with atoms outside its grid maps (Vina 1.2.7).
+OUTSIDE_BOX_MESSAGE = "outside the grid box"
 
 #: Values of ``pose.detail["scoring"]``, one per scoring path.
 SCORING_WHOLE = "vina local optimization of the whole peptide"
@@ -312,7 +319,7 @@ class VinaDockingEngine:
                         energy = score_by_residue(grid, minimized)
                         optimized = minimized
                     except EngineError as error:
-                        if OUTSIDE_GRID not in str(error):
+                        if OUTSIDE_BOX_MESSAGE not in str(error):
                             raise
                         # The docked pose lies inside the maps; only the
                         # minimization moved atoms out.

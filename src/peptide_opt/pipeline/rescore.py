@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from peptide_opt.config import JobConfig
+from peptide_opt.engines.vina import OUTSIDE_BOX_MESSAGE
 from peptide_opt.errors import EngineError, InputError
 from peptide_opt.pipeline.assemble import assemble_complex
 from peptide_opt.pipeline.contacts import InterfaceContacts, interface_contacts
@@ -316,10 +317,6 @@ def _score_poses(
                     "sequence": pose.detail.get("sequence"),
                 },
             )
-
-
-#: Vina's message for a ligand with atoms outside its grid maps (Vina 1.2.7).
-OUTSIDE_BOX_MESSAGE = "outside the grid box"
 
 
 @contextlib.contextmanager

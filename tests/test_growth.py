@@ -70,7 +70,8 @@ def test_set_torsion_sets_the_angle_and_moves_one_side(chain, toward_c):
         # Turning keeps every bond length: compare all distances within each side.
         moved = torsion.moving
         before = np.linalg.norm(xyz[moved][:, None] - xyz[moved][None], axis=-1)
-        after = np.linalg.norm(poses[0][moved][:, None] - poses[0][moved][None], axis=-1)
+        turned = poses[0][moved]
+        after = np.linalg.norm(turned[:, None] - turned[None], axis=-1)
         assert after == pytest.approx(before, abs=1e-9)
         # The moving side is the growing end: residues after (toward C) or before.
         residues = set(grower.residue_of_row[moved])
@@ -94,7 +95,9 @@ def test_growth_energy_is_the_whole_chain_energy(chain):
     # must equal the energy the refinement computes for the whole chain at once.
     grower, xyz = chain
     maps = flat_maps()
-    settings = growth.GrowthSettings(beam_width=8, samples_per_chain=8, kept_per_parent=2)
+    settings = growth.GrowthSettings(
+        beam_width=8, samples_per_chain=8, kept_per_parent=2
+    )
     energy, poses = growth.grow(
         grower, maps, xyz, 4, 7, settings, np.random.default_rng(3)
     )
@@ -116,7 +119,8 @@ def test_growth_steers_around_a_repulsive_slab(chain):
     axis = xyz[grower.model.residue_rows[-1][1]] - xyz[grower.model.residue_rows[0][1]]
     axis /= np.linalg.norm(axis)
     segment_end = xyz[grower.model.residue_rows[7][1]] @ axis
-    grid = maps.origin + np.indices(maps.values.shape[1:]).transpose(1, 2, 3, 0) * maps.spacing
+    index = np.indices(maps.values.shape[1:]).transpose(1, 2, 3, 0)
+    grid = maps.origin + index * maps.spacing
     along = grid @ axis
     slab = (along > segment_end + 6.0) & (along < segment_end + 10.0)
     maps.values[:, slab] = 10.0

@@ -106,8 +106,8 @@ class GrowthModel:
         self.far = Chem.GetDistanceMatrix(heavy_mol) >= 4
         self.residue_of_row = np.array(
             [
-                mol.GetAtomWithIdx(int(index)).GetPDBResidueInfo().GetResidueNumber() - 1
-                for index in model.heavy
+                mol.GetAtomWithIdx(int(i)).GetPDBResidueInfo().GetResidueNumber() - 1
+                for i in model.heavy
             ]
         )
         self.n_residues = len(model.residue_rows)
@@ -139,9 +139,10 @@ class GrowthModel:
         """Return the psi bond of ``residue`` (to OXT for the last residue)."""
         rows = self.model.residue_rows
         n, ca, c, _ = rows[residue]
-        following = (
-            rows[residue + 1][0] if residue + 1 < self.n_residues else self.model.oxt_row
-        )
+        if residue + 1 < self.n_residues:
+            following = rows[residue + 1][0]
+        else:
+            following = self.model.oxt_row
         quad = (n, ca, c, following)
         return self._torsion(quad, ca, c) if toward_c else self._torsion(quad, c, ca)
 
@@ -166,7 +167,10 @@ def dihedrals(xyz: np.ndarray, quad: tuple[int, int, int, int]) -> np.ndarray:
 
 
 def set_torsion(xyz: np.ndarray, torsion: Torsion, target: np.ndarray) -> np.ndarray:
-    """Return the poses ``xyz`` (C, n, 3) with ``torsion`` set to ``target`` (radians)."""
+    """Return the poses ``xyz`` (C, n, 3) with ``torsion`` set to ``target``.
+
+    ``target`` (C,) is in radians.
+    """
     angle = target - dihedrals(xyz, torsion.quad)
     origin = xyz[:, torsion.pivot]
     axis = origin - xyz[:, torsion.fixed]
@@ -181,7 +185,8 @@ _BASIN_SPREAD = np.radians(peptide_builder.BASIN_SPREAD_DEG)
 
 
 def _draw_basins(count: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.choice(len(_BASIN_WEIGHTS), size=count, p=_BASIN_WEIGHTS / _BASIN_WEIGHTS.sum())
+    weights = _BASIN_WEIGHTS / _BASIN_WEIGHTS.sum()
+    return rng.choice(len(weights), size=count, p=weights)
 
 
 def _angle_in(
@@ -296,7 +301,8 @@ def _added_energy(
     mask = growth.far[np.ix_(new_rows, others)].astype(float)
     # A pair of two new atoms appears twice; it counts once.
     mask[:, len(placed_rows) :] *= 0.5
-    return energy.sum(axis=-1) + model.clash_weight * (overlap**2 * mask).sum(axis=(1, 2))
+    clash = model.clash_weight * (overlap**2 * mask).sum(axis=(1, 2))
+    return energy.sum(axis=-1) + clash
 
 
 def _placed_energy(
@@ -306,4 +312,5 @@ def _placed_energy(
     placed: np.ndarray,
 ) -> np.ndarray:
     """Return the map energy and clash penalty (C,) of the placed rows of ``xyz``."""
-    return _added_energy(growth, maps, xyz, np.nonzero(placed)[0], np.array([], dtype=int))
+    none = np.array([], dtype=int)
+    return _added_energy(growth, maps, xyz, np.nonzero(placed)[0], none)

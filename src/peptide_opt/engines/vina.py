@@ -152,11 +152,6 @@ class SearchSettings:
     #: of one segment, are grown to the whole peptide (:mod:`growth`), and the best
     #: ``n_grown_kept`` grown chains of each are refined.
     max_rigid_length: int = 12
-    #: Segments are docked in the site's box shrunk by ``segment_box_inset`` Å on each
-    #: side, but not below ``min_segment_box`` Å, so that the rest of the peptide has
-    #: room to grow around them.
-    segment_box_inset: float = 0.0
-    min_segment_box: float = 20.0
     segment_length: int = 7
     segment_stride: int = 3
     n_grown_segments: int = 36
@@ -471,16 +466,6 @@ class VinaDockingEngine:
         started = time.perf_counter()
         sequence = peptide.sequence
         length = settings.segment_length
-        inner = dataclasses.replace(
-            site,
-            size=tuple(
-                min(side, max(side - 2 * settings.segment_box_inset, settings.min_segment_box))
-                for side in site.size
-            ),
-        )
-        segment_grid = self._vina_with_maps(
-            receptor, inner, cores, int(rng.integers(2**31))
-        )
         seeds: list[tuple[int, Candidate]] = []
         for first in growth.segment_starts(
             len(sequence), length, settings.segment_stride
@@ -493,14 +478,13 @@ class VinaDockingEngine:
                     segment, settings.n_random_backbones, rng
                 )
             ]
-            placements = self._dock_ensemble(segment_grid, ensemble)
+            placements = self._dock_ensemble(grid, ensemble)
             seeds.extend(
                 (first, candidate)
                 for candidate in _cluster(
                     placements, CLUSTER_RMSD, settings.segments_per_window
                 )
             )
-        del segment_grid
         seeds.sort(key=lambda item: (item[1].energy, item[1].label))
         seeds = seeds[: settings.n_grown_segments]
         logger.info(

@@ -1,7 +1,8 @@
 """Growth of long peptides from a placed segment, on synthetic maps.
 
-The maps here are made by hand, so that each check knows its answer: zero maps leave
-only the clash penalty, and a repulsive slab shows whether growth steers around it.
+The maps here are made by hand, so each check can state its expected value: zero
+maps leave only the clash penalty, and a repulsive slab shows whether growth steers
+around it.
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ def test_segment_starts_cover_the_peptide():
     assert growth.segment_starts(7, 7, 3) == [0]
     for n_residues in range(8, 40):
         starts = growth.segment_starts(n_residues, 7, 3)
-        assert starts[0] == 0 and starts[-1] == n_residues - 7
+        assert starts[0] == 0
+        assert starts[-1] == n_residues - 7
         assert max(np.diff(starts)) <= 3
 
 
 @pytest.mark.parametrize("toward_c", [True, False])
-def test_set_torsion_sets_the_angle_and_moves_one_side(chain, toward_c):
+def test_set_torsion_moves_one_side(chain, toward_c):
     grower, xyz = chain
     residue = 5
     torsions = [grower.psi(residue, toward_c), grower.phi(residue, toward_c)]

@@ -12,9 +12,9 @@ Growth adds one residue at a time, at the two ends of the placed part in turn. F
 every partial chain of a beam it turns the two bonds that place the new residue's
 heavy atoms (CB-truncated), and scores those atoms: their map energy, and their
 clashes with the atoms already placed. Toward the N-terminus these are the next
-residue's phi and the new residue's psi; toward the C-terminus the previous residue's
-psi and the new residue's phi, and the new residue's carbonyl oxygen waits for the
-next step, which turns the psi that places it. Each angle comes from the Ramachandran
+residue's phi and the new residue's psi. Toward the C-terminus they are the previous
+residue's psi and the new residue's phi. The new residue's carbonyl oxygen then waits
+for the next step, which turns the psi that places it. Each angle comes from the Ramachandran
 basin drawn for its residue, so phi and psi of one residue stay a pair. The turns move
 only the new atoms and the residues not yet grown, so a partial chain's energy is its
 parent's plus the new atoms'. Residues not yet grown ride along unscored. The best
@@ -53,7 +53,7 @@ class GrowthSettings:
 class Torsion:
     """A backbone bond turned during growth: rows of the dihedral and the moving mask.
 
-    ``quad`` holds the rows of the four atoms that define the dihedral. Turning by an
+    ``quad`` lists the rows of the four atoms that define the dihedral. Turning by an
     angle rotates the ``moving`` rows about the axis from row ``fixed`` to row
     ``pivot``, which changes the dihedral by that angle.
     """
@@ -68,7 +68,7 @@ def segment_starts(n_residues: int, length: int, stride: int) -> list[int]:
     """Return the 0-based first residues of overlapping segments covering the peptide.
 
     The segments are ``length`` residues long and start at most ``stride`` residues
-    apart; the first starts at residue 0 and the last ends at the last residue.
+    apart. The first starts at residue 0, and the last ends at the last residue.
     """
     if n_residues <= length:
         return [0]
@@ -207,7 +207,7 @@ def grow(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grow the placed residues ``first``-``last`` (0-based) to the whole peptide.
 
-    ``start`` (n, 3) holds every heavy atom; the atoms of the placed residues are in
+    ``start`` (n, 3) gives every heavy atom. The atoms of the placed residues are in
     the site, the others anywhere. Returns the energies (B,) in kcal/mol and the poses
     (B, n, 3) of the last beam, best first. The energy sums the map energies of all
     heavy atoms and the clash penalty of ``growth.model``.

@@ -219,3 +219,43 @@ def test_multinomial_draw_ignores_probability_values():
         states.append(torch.get_rng_state())
 
     assert torch.equal(states[0], states[1])
+
+
+def _forward_log_probs(model, features, ours) -> torch.Tensor:
+    """Score the sampled sequence as the program does: ``forward`` in its order."""
+    with torch.no_grad():
+        return model(
+            features.X, ours["S"], features.mask,
+            features.chain_M * features.chain_M_pos, features.residue_idx,
+            features.chain_encoding_all, None, use_input_decoding_order=True,
+            decoding_order=ours["decoding_order"],
+        )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("batch_size", "fixed_positions", "designed_noise"),
+    [
+        (1, [], None),
+        (3, [1, 4], None),
+        # 17 fixed residues lead and 151 are decoded after the first designed one.
+        (1, [], 1e-5),
+        # The first designed residue comes first, so no fixed residue leads.
+        (1, [], 1e-7),
+    ],
+)
+def test_sampler_log_probs_equal_forward(
+    mpnn_engine, crystal_protein, batch_size, fixed_positions, designed_noise
+):
+    model = mpnn_engine._model()
+    features = _features(crystal_protein, batch_size, fixed_positions)
+    noise = _noise(features, 11)
+    if designed_noise is not None:
+        noise[0, int(torch.nonzero(features.chain_M[0])[0, 0])] = designed_noise
+    _package, ours, _package_state, _our_state = _sample_both(
+        model, features, noise, temperature=0.1
+    )
+
+    # The scores printed to 4 decimals must be the program's, so the sampler's
+    # log-probabilities must be the very floats of ``forward``, not close ones.
+    assert torch.equal(ours["log_probs"], _forward_log_probs(model, features, ours))

@@ -196,28 +196,31 @@ def test_fairness_second_user_before_third(queue_db, start_worker, tmp_path):
     start_worker()
     wait_for_workers(queue_db, 2)
 
+    # Alice's first task is short, so one worker is free about 1.2 s before the
+    # other. Its next claim decides between Bob's task and Alice's third.
     with queue_db.connection.transaction():
         alice_ids = [
             queue_db.add_task(
-                "peptide_opt.sleep", alice, {"seconds": 0.5, "log": str(log)}
+                "peptide_opt.sleep",
+                alice,
+                {"seconds": 0.3 if index == 0 else 1.5, "log": str(log)},
             )
-            for _ in range(20)
+            for index in range(20)
         ]
     bob_id = queue_db.add_task(
         "peptide_opt.sleep", bob, {"seconds": 0.5, "log": str(log)}
     )
     queue_db.wait_for_status(bob_id, "finished", timeout=20)
-    queue_db.wait_for_status(alice_ids[3], {"processing", "finished"}, timeout=20)
+    queue_db.wait_for_status(alice_ids[2], {"processing", "finished"}, timeout=20)
 
     start_of = {line[0]: line[4] for line in _log_lines(log) if line[3] == "start"}
     alice_starts = sorted(
         start_of[task_id] for task_id in alice_ids if task_id in start_of
     )
-    # Both workers take one of Alice's tasks first. When they finish, one claims
-    # Bob's task and the other Alice's third, at the same moment, so either may
-    # start first. In creation order Bob's task would wait for all 20 of
-    # Alice's; it must run in the second round, before Alice's fourth.
-    assert start_of[bob_id] < alice_starts[3]
+    # In creation order Bob's task would wait for all 20 of Alice's. The claim
+    # takes the user with fewer running tasks first, so the worker freed at
+    # about 0.3 s takes Bob's task, and Alice's third starts at about 1.5 s.
+    assert start_of[bob_id] < alice_starts[2]
 
 
 def test_cancel_running_and_pending(queue_db, start_worker, database_url):

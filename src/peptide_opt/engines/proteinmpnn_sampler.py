@@ -9,11 +9,17 @@ residues decoded before it. Over the leading run of fixed residues they are ther
 the states of one pass with the input sequence, as ``ProteinMPNN.forward`` computes them
 for a given decoding order.
 
-:func:`sample_designed` computes the leading run in one pass per layer, and only where
-later steps read it. It decodes the rest of the order step by step as ``sample`` does.
-The rest is the designed residues and any fixed residue that the order puts after the
-first designed one. That happens when a designed residue's noise is below 1e-4 times a
-fixed residue's, which is rare but possible.
+:func:`sample_designed` computes the leading run in one pass per layer over the whole
+complex. It decodes the rest of the order step by step as ``sample`` does. The rest is
+the designed residues and any fixed residue that the order puts after the first
+designed one. That happens when a designed residue's noise is below 1e-4 times a fixed
+residue's, which is rare but possible.
+
+The same pass serves the scoring. ``ProteinMPNN.forward`` with the sampled sequence and
+the same decoding order gives the leading residues the states of that pass, because
+they see only each other. Only the residues after the leading run need new states, so
+:func:`sample_designed` also returns ``forward``'s log-probabilities without a second
+pass over the complex.
 
 ``sample`` draws one ``torch.multinomial`` per step, fixed residues included, unless
 every batch copy is at a residue without coordinates. A draw of one sample advances the
@@ -28,7 +34,10 @@ the 1CZY complex the designed residues' probabilities differed by up to 1e-5 at 
 9e-5 at T=0.1 (over 30 seeds). ``sample`` and ``forward`` themselves, given the same
 sequence and order, disagree by up to 6e-6 and 6e-5 there. A draw picks the largest
 ratio of a probability to an exponential variate, so the sequences are the same unless
-the two largest ratios are that close.
+the two largest ratios are that close. The scoring pass runs the layers on at least
+:data:`MIN_SCORED_ROWS` residues at a time: with torch 2.13 on x86-64 CPUs, a decoder
+layer then gives each residue the bits it gets in a pass over the whole complex, which
+fewer rows did not (tests/test_proteinmpnn_sampler.py checks the log-probabilities).
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ FIXED_ORDER_WEIGHT = 0.0001
 
 #: The logit penalty of an omitted amino acid, as in ``sample``.
 OMITTED_PENALTY = 1e8
+
+#: The minimum number of residues in one scoring pass of a decoder layer (see the NOTE).
+MIN_SCORED_ROWS = 8
 
 
 @dataclasses.dataclass
@@ -121,14 +133,16 @@ def sample_designed(
 
     Returns the sampled tokens ``S`` (B, N), the designed residues' probabilities
     ``probs`` (B, N, 21, zero at fixed residues) and the ``decoding_order`` (B, N), the
-    keys of ``sample``'s result.
+    keys of ``sample``'s result. ``log_probs`` (B, N, 21) are those of
+    ``ProteinMPNN.forward`` for ``S`` in that decoding order, from which the package's
+    ``_scores`` computes ``score`` and ``global_score``.
     """
     h_V, h_E, E_idx = _encode(model, X, mask, residue_idx, chain_encoding_all)
     chain_mask = chain_M * chain_M_pos * mask
     order = torch.argsort((chain_mask + FIXED_ORDER_WEIGHT) * torch.abs(order_noise))
     n_leading = _count_leading_fixed(chain_mask, order)
-    decoding = _prepare_decoding(model, h_V, h_E, E_idx, mask, S_true, order, n_leading)
-    _decode_leading(model, decoding, _step_numbers(order) < n_leading)
+    decoding = _prepare_decoding(model, h_V, h_E, E_idx, mask, S_true, order)
+    _decode_all(model, decoding)
     _draw_for_fixed(mask, order[:, :n_leading], n_letters=len(omit))
 
     controls = _ProbabilityControls(
@@ -155,7 +169,9 @@ def sample_designed(
         tokens = torch.where(designed, tokens, S_true[copies, position])
         decoding.h_S[copies, position] = model.W_s(tokens)
         S[copies, position] = tokens
-    return {"S": S, "probs": probs, "decoding_order": order}
+
+    log_probs = _score_sampled(model, decoding, order[:, n_leading:])
+    return {"S": S, "probs": probs, "decoding_order": order, "log_probs": log_probs}
 
 
 def _encode(
@@ -196,9 +212,8 @@ def _prepare_decoding(
     mask: torch.Tensor,
     S_true: torch.Tensor,
     order: torch.Tensor,
-    n_leading: int,
 ) -> _Decoding:
-    """Build the neighbour masks and the sequence embedding of the leading residues."""
+    """Build the neighbour masks and the input sequence's embedding."""
     step = _step_numbers(order)
     # A neighbour is visible when it is decoded before the residue that reads it.
     neighbour_step = torch.gather(step, 1, E_idx.flatten(1)).view_as(E_idx)
@@ -207,54 +222,80 @@ def _prepare_decoding(
     # A neighbour decoded later contributes only its encoder state, with no sequence.
     no_sequence = cat_neighbors_nodes(torch.zeros_like(h_V), h_E, E_idx)
     encoder_context = cat_neighbors_nodes(h_V, no_sequence, E_idx)
-    leading = (step < n_leading).unsqueeze(-1)
+    # Each step overwrites the embedding of the residue it decodes. Until then a
+    # residue's embedding is read only through a zero of ``mask_bw``.
     return _Decoding(
         h_E=h_E,
         E_idx=E_idx,
         mask=mask,
         mask_bw=residue_mask * visible,
         encoder_context=residue_mask * (1.0 - visible) * encoder_context,
-        h_S=torch.where(leading, model.W_s(S_true), 0.0),
+        h_S=model.W_s(S_true),
         states=[h_V] + [torch.zeros_like(h_V) for _ in model.decoder_layers],
     )
 
 
-def _decode_leading(model: Any, decoding: _Decoding, leading: torch.Tensor) -> None:
-    """Compute the leading residues' decoder states where the later steps read them.
+def _decode_all(model: Any, decoding: _Decoding) -> None:
+    """Run each decoder layer over the whole complex, as ``ProteinMPNN.forward`` does.
 
-    The leading residues see only each other, so one pass per layer gives their states.
-    A later step reads its neighbours' states below the top layer. So the pass
-    computes the second layer at the leading neighbours of the later residues, and the
-    first layer there and at their leading neighbours. The other states stay zero, as
-    ``sample`` keeps them before it decodes a residue.
+    The states are right at the leading residues, which see only each other. Elsewhere
+    they are replaced as the steps decode those residues.
     """
-    E_idx = decoding.E_idx
-    read_by_later = _neighbours(~leading, E_idx) & leading
-    read_by_second = (read_by_later | _neighbours(read_by_later, E_idx)) & leading
-    for layer_index, rows in enumerate([read_by_second, read_by_later]):
-        # The batch copies share the computed rows, and each copy keeps its own.
-        indices = torch.nonzero(rows.any(dim=0))[:, 0]
-        if len(indices) == 0:
-            continue
-        E_idx_rows = E_idx[:, indices]
-        h_ES = cat_neighbors_nodes(decoding.h_S, decoding.h_E[:, indices], E_idx_rows)
+    h_ES = cat_neighbors_nodes(decoding.h_S, decoding.h_E, decoding.E_idx)
+    for layer_index, layer in enumerate(model.decoder_layers):
         below = decoding.states[layer_index]
         h_ESV = (
-            decoding.mask_bw[:, indices] * cat_neighbors_nodes(below, h_ES, E_idx_rows)
-            + decoding.encoder_context[:, indices]
+            decoding.mask_bw * cat_neighbors_nodes(below, h_ES, decoding.E_idx)
+            + decoding.encoder_context
         )
-        layer = model.decoder_layers[layer_index]
-        computed = layer(below[:, indices], h_ESV, decoding.mask[:, indices])
-        keep = rows[:, indices].unsqueeze(-1)
-        decoding.states[layer_index + 1][:, indices] = torch.where(keep, computed, 0.0)
+        decoding.states[layer_index + 1] = layer(below, h_ESV, decoding.mask)
 
 
-def _neighbours(rows: torch.Tensor, E_idx: torch.Tensor) -> torch.Tensor:
-    """Mark the residues (B, N) that are neighbours of at least one marked row."""
-    counts = torch.zeros(rows.shape, device=rows.device)
-    sources = rows.unsqueeze(-1).expand_as(E_idx).flatten(1).float()
-    counts.scatter_add_(1, E_idx.flatten(1), sources)
-    return counts > 0
+def _score_sampled(
+    model: Any, decoding: _Decoding, trailing_order: torch.Tensor
+) -> torch.Tensor:
+    """Return ``forward``'s log-probabilities (B, N, 21) for the sampled sequence.
+
+    ``decoding.h_S`` embeds the sampled sequence once every step has run, and
+    ``trailing_order`` (B, T) lists the residues decoded after the leading run. Their
+    states are recomputed layer by layer with the sampled sequence, as ``forward``
+    computes them from the states of the layer below. The leading residues keep the
+    states of :func:`_decode_all`.
+    """
+    n_copies, n_trailing = trailing_order.shape
+    if n_trailing == 0:
+        return functional.log_softmax(model.W_out(decoding.states[-1]), dim=-1)
+
+    rows = trailing_order
+    n_residues = decoding.mask.shape[1]
+    if n_trailing < min(MIN_SCORED_ROWS, n_residues):
+        # Pad with other residues, whose recomputed states are dropped again.
+        copies = torch.arange(n_copies, device=rows.device)[:, None]
+        others = torch.ones((n_copies, n_residues), dtype=torch.bool, device=rows.device)
+        others[copies, rows] = False
+        n_padding = min(MIN_SCORED_ROWS, n_residues) - n_trailing
+        padding = torch.nonzero(others)[:, 1].view(n_copies, -1)[:, :n_padding]
+        rows = torch.cat([rows, padding], dim=1)
+
+    copies = torch.arange(n_copies, device=rows.device)[:, None]
+    E_idx_rows = decoding.E_idx[copies, rows]
+    h_ES_rows = cat_neighbors_nodes(decoding.h_S, decoding.h_E[copies, rows], E_idx_rows)
+    mask_bw_rows = decoding.mask_bw[copies, rows]
+    context_rows = decoding.encoder_context[copies, rows]
+    mask_rows = decoding.mask[copies, rows]
+    trailing = rows[:, :n_trailing]
+    states = [decoding.states[0]]
+    for layer_index, layer in enumerate(model.decoder_layers):
+        below = states[layer_index]
+        h_ESV = (
+            mask_bw_rows * cat_neighbors_nodes(below, h_ES_rows, E_idx_rows)
+            + context_rows
+        )
+        computed = layer(below[copies, rows], h_ESV, mask_rows)
+        above = decoding.states[layer_index + 1].clone()
+        above[copies, trailing] = computed[:, :n_trailing]
+        states.append(above)
+    return functional.log_softmax(model.W_out(states[-1]), dim=-1)
 
 
 def _draw_for_fixed(

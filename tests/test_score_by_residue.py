@@ -82,6 +82,19 @@ def test_large_peptide_scored_by_residue(
     assert pose.affinity < -3.0
 
 
+def test_score_by_residue_reproducible(
+    monkeypatch, vina_engine, czy_receptor, czy_site, crystal_pose
+):
+    # A job run again with the same inputs must report the same affinities. The OpenMM
+    # minimization is the step that could differ, through multithreaded force sums.
+    monkeypatch.setattr(vina, "WHOLE_LIGAND_MEMORY_MB", 0.0)
+    poses = [copy.deepcopy(crystal_pose) for _ in range(2)]
+    for pose in poses:
+        vina_engine.score(czy_receptor, czy_site, [pose], cores=2)
+    assert poses[0].affinity == poses[1].affinity
+    assert poses[0].peptide_pdb == poses[1].peptide_pdb
+
+
 def test_small_peptide_optimized_by_vina(
     vina_engine, czy_receptor, czy_site, crystal_pose
 ):

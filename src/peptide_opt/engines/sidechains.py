@@ -270,7 +270,7 @@ class SideChainEngine:
 
         text = threaded.make_pdb_string(gemmi.PdbWriteOptions(minimal=True))
         try:
-            fixer = PDBFixer(pdbfile=io.StringIO(text), platform=_cpu_platform(cores))
+            fixer = PDBFixer(pdbfile=io.StringIO(text), platform=cpu_platform(cores))
             fixer.missingResidues = {}
             fixer.findMissingAtoms()
             fixer.addMissingAtoms(seed=seed)
@@ -282,7 +282,7 @@ class SideChainEngine:
                 random.seed(seed)
                 try:
                     modeller.addHydrogens(
-                        _force_field(), pH=ph, platform=_cpu_platform(cores)
+                        _force_field(), pH=ph, platform=cpu_platform(cores)
                     )
                 finally:
                     random.setstate(saved)
@@ -319,7 +319,7 @@ class SideChainEngine:
         heavy = np.concatenate(
             [[_is_heavy(atom) for atom in peptide_topology.atoms()], shell.heavy_mask]
         )
-        platform = _cpu_platform(cores)
+        platform = cpu_platform(cores)
 
         soft = _Minimizer(_soft_system(base, nonbonded, heavy, n_peptide), platform)
         xyz = start
@@ -726,7 +726,12 @@ def _force_field():
         return _force_fields[FORCE_FIELD_FILES]
 
 
-def _cpu_platform(cores: int = 1):
+def cpu_platform(cores: int = 1):
+    """Return OpenMM's CPU platform set to ``cores`` threads.
+
+    With more than one thread the platform sums forces in a varying order, so a
+    minimization that must repeat exactly runs on one.
+    """
     import openmm
 
     platform = openmm.Platform.getPlatformByName("CPU")

@@ -462,6 +462,8 @@ def _repair_with_pdbfixer(
     from openmm.app import PDBFile
     from pdbfixer import PDBFixer
 
+    from peptide_opt.engines.sidechains import cpu_platform
+
     structure.remove_empty_chains()
     # NOTE: the prepared receptor is kept as PDB text, so a receptor with chain IDs
     # longer than two characters or more than 99,999 atoms is rejected here. Keeping it
@@ -474,7 +476,9 @@ def _repair_with_pdbfixer(
             "to two characters and up to 99,999 atoms are supported"
         ) from None
     try:
-        fixer = PDBFixer(pdbfile=io.StringIO(pdb_text))
+        # PDBFixer minimizes the rebuilt atoms and OpenMM's Modeller the new hydrogens.
+        # On one thread they come out the same in every run, which on two they did not.
+        fixer = PDBFixer(pdbfile=io.StringIO(pdb_text), platform=cpu_platform(1))
         fixer.findMissingResidues()
         # Missing loops are not modelled; their chain breaks are reported instead.
         fixer.missingResidues = {}

@@ -162,6 +162,17 @@ def test_submit_config_round_trips(api_server, api_users):
         ({"n_pose": "2"}, "PQQATDD", "unknown field 'n_pose'"),
         ({"storage_prefix": "jobs/x"}, "PQQATDD", "is set by the server"),
         ({"priority": "5000"}, "PQQATDD", "priority must be between -1000 and 1000"),
+        # 1czy_complex.pdb has chains A and B, so a missing chain fails before queueing.
+        (
+            {"site_chain": "Q"},
+            "PQQATDD",
+            "site_chain 'Q' not found in receptor 1czy_complex.pdb; chains present: A, B",
+        ),
+        (
+            {"receptor_chains": "A,C"},
+            "PQQATDD",
+            "receptor_chains C not found among the protein chains of 1czy_complex.pdb",
+        ),
     ],
 )
 def test_submit_rejects_invalid_input(

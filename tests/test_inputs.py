@@ -1,5 +1,6 @@
 """Input forms, their precedence, and how the run command rejects bad input."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -156,3 +157,32 @@ def test_run_log_records_failed_step(tmp_path):
     assert completed.returncode == 2, completed.stderr
     log = (output / "run.log").read_text()
     assert "step_failed step=prepare error=site_chain 'Q' not found" in log
+
+
+def test_run_pipe_as_receptor_exit_2(tmp_path):
+    # A named pipe would block the reader forever, so it is rejected before it is opened.
+    os.mkfifo(tmp_path / "receptor.pdb")
+    completed = run_cli("--receptor", "receptor.pdb", "--peptide", "PQQATDD", cwd=tmp_path)
+    assert completed.returncode == 2, completed.stderr
+    assert "receptor receptor.pdb: is not a regular file" in completed.stderr
+
+
+def test_run_output_dir_is_file_exit_2(tmp_path):
+    shutil.copy(EXAMPLES / "1czy" / "1czy_complex.pdb", tmp_path / "receptor.pdb")
+    (tmp_path / "taken").write_text("not a folder\n")
+    completed = run_cli(
+        "--receptor", "receptor.pdb", "--peptide", "PQQATDD", "--output-dir", "taken",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert completed.returncode == 2, completed.stderr
+    assert "output folder taken: a file of that name exists" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_local_receptor_name_with_space(tmp_path):
+    # Only the platform's job layout needs plain file names; a local file may have any.
+    receptor = tmp_path / "my receptor (1czy).pdb"
+    shutil.copy(EXAMPLES / "1czy" / "1czy_complex.pdb", receptor)
+    inputs = load_files(receptor, "PQQATDD", {"site_chain": "B"})
+    assert inputs.receptor_path == receptor
+    assert inputs.peptide == "PQQATDD"

@@ -82,7 +82,7 @@ def test_receptor_over_size_limit(tmp_path):
     path = tmp_path / "huge.pdb"
     with path.open("wb") as handle:
         handle.truncate(51 * 1024 * 1024)
-    with pytest.raises(InputError, match=r"51\.0 MB exceeds the limit of 50 MB"):
+    with pytest.raises(InputError, match=r"51\.0 MiB exceeds the limit of 50 MiB"):
         validate_receptor_file(path)
 
 

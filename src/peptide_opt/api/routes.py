@@ -155,7 +155,7 @@ async def submit_task(
                 "send the submission as multipart/form-data or application/json, got "
                 f"{content_type or 'no content type'!r}",
             )
-        await submit.check_receptor(submission.receptor_path)
+        await submit.check_receptor(submission.receptor_path, submission.config)
         row = await submit.queue_submission(
             _pool(request), _storage(request), caller, submission, request.app.state.limits
         )

@@ -134,6 +134,7 @@ def run_command(args: argparse.Namespace) -> int:
             "give exactly one input form: --receptor FILE --peptide SEQUENCE, "
             "--input-dir DIR, or --storage-prefix PREFIX"
         )
+    _check_output_dir(args.output_dir)
     progress = _Progress()
     if args.storage_prefix is not None:
         result = _run_from_storage(args.storage_prefix, args.output_dir, overrides, cores, progress)
@@ -220,6 +221,18 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(self.task, completed=100, description="done")
             self.bar.stop()
+
+
+def _check_output_dir(path: Path) -> None:
+    """Create the output folder, or raise InputError when it cannot be one."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"output folder {path}: a file of that name exists")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(
+            f"output folder {path}: cannot be created ({error.strerror})"
+        ) from None
 
 
 def _print_summary(result: dict[str, Any], output_dir: Path) -> None:

@@ -43,15 +43,12 @@ def load_files(
     """Build a job from a receptor file and a peptide given as a sequence, FASTA text or
     the path of a FASTA file."""
     warnings: list[str] = []
-    if not receptor.is_file():
-        what = "is a folder, not a file" if receptor.is_dir() else "file not found"
-        raise InputError(f"receptor {receptor}: {what}")
+    check_regular_file(receptor, "receptor")
     peptide_path = Path(peptide) if len(peptide) < 4096 else None
     if peptide_path is not None and peptide_path.is_file():
         sequence = read_peptide_file(peptide_path)
     else:
         sequence = normalize_peptide(peptide, source="peptide")
-    parse_file_name("receptor file name", receptor.name)
     config = build_config(dict(overrides or {}), warnings)
     _check_sequence_config(sequence, config, warnings)
     return JobInputs(receptor, sequence, config, warnings)
@@ -78,6 +75,19 @@ def load_job_folder(folder: Path, overrides: Mapping[str, Any] | None = None) ->
     receptor = find_receptor(folder, config.receptor_pdb_filename)
     _check_sequence_config(sequence, config, warnings)
     return JobInputs(receptor, sequence, config, warnings)
+
+
+def check_regular_file(path: Path, what: str) -> None:
+    """Raise InputError unless ``path`` is a regular file (not a folder or a device)."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        reason = "is a folder, not a file"
+    elif path.exists():
+        reason = "is not a regular file (a device, pipe or socket)"
+    else:
+        reason = "file not found"
+    raise InputError(f"{what} {path}: {reason}")
 
 
 def find_receptor(folder: Path, file_name: str | None) -> Path:

@@ -102,14 +102,17 @@ def validate_receptor_file(path: Path) -> gemmi.Structure:
     """
     name = path.name
     if not path.is_file():
-        raise InputError(f"receptor {name}: file not found")
+        reason = "file not found"
+        if path.exists():
+            reason = "is not a regular file"
+        raise InputError(f"receptor {name}: {reason}")
     size = path.stat().st_size
     if size == 0:
         raise InputError(f"receptor {name}: the file is empty")
     if size > MAX_RECEPTOR_BYTES:
         raise InputError(
-            f"receptor {name}: {size / 1024**2:.1f} MB exceeds the limit of "
-            f"{MAX_RECEPTOR_BYTES // 1024**2} MB"
+            f"receptor {name}: {size / 1024**2:.1f} MiB exceeds the limit of "
+            f"{MAX_RECEPTOR_BYTES // 1024**2} MiB"
         )
     structure = _read_structure(path)
     _check_protein(structure, name)
@@ -223,6 +226,19 @@ def prepare_receptor(path: Path, config: JobConfig) -> Receptor:
         ph=config.ph,
         warnings=warnings,
     )
+
+
+def check_receptor_chains(path: Path, config: JobConfig) -> None:
+    """Check a receptor file and the chains that ``config`` names in it.
+
+    Runs the checks of :func:`prepare_receptor` that come before any repair, so that a
+    submission with a missing ``site_chain`` or ``receptor_chains`` fails before it is
+    queued. Raises :class:`InputError`.
+    """
+    structure = validate_receptor_file(path)
+    model = structure[0]
+    _site_marker(model, config.site_chain, path.name)
+    _choose_chains(_protein_chain_ids(model), config, path.name)
 
 
 def _keep_first_model(structure: gemmi.Structure, warnings: list[str]) -> None:
@@ -477,7 +493,7 @@ def _repair_with_pdbfixer(
         ) from None
     try:
         # PDBFixer minimizes the rebuilt atoms and OpenMM's Modeller the new hydrogens.
-        # On one thread they come out the same in every run, which on two they did not.
+        # On one thread they repeat exactly. On two they came out different each run.
         fixer = PDBFixer(pdbfile=io.StringIO(pdb_text), platform=cpu_platform(1))
         fixer.findMissingResidues()
         # Missing loops are not modelled; their chain breaks are reported instead.

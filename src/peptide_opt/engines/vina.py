@@ -801,7 +801,8 @@ def _minimize_in_receptor(receptor: Receptor, peptide_pdb: str) -> str:
     sequence = peptide_builder.sequence_of(peptide_pdb)
     # One OpenMM thread, because with two the CPU platform sums forces in a varying
     # order. The same 5FFG pose then scored 0.08 kcal/mol apart in two runs after
-    # minimization. One thread was no slower on that pose (2.1 s against 2.3-2.5 s).
+    # minimization. The cost: the 5FFG job's score step took 56.6 s instead of 36.6 s.
+    # TODO: minimize the poses in parallel processes of one thread each.
     return engine.thread(shell, peptide_pdb, sequence, cores=1).pdb_text
 
 

@@ -238,8 +238,8 @@ def _prepare_decoding(
 def _decode_all(model: Any, decoding: _Decoding) -> None:
     """Run each decoder layer over the whole complex, as ``ProteinMPNN.forward`` does.
 
-    The states are right at the leading residues, which see only each other. Elsewhere
-    they are replaced as the steps decode those residues.
+    The states are final at the leading residues, which see only each other. The steps
+    replace them elsewhere as they decode those residues.
     """
     h_ES = cat_neighbors_nodes(decoding.h_S, decoding.h_E, decoding.E_idx)
     for layer_index, layer in enumerate(model.decoder_layers):
@@ -267,17 +267,16 @@ def _score_sampled(
         return functional.log_softmax(model.W_out(decoding.states[-1]), dim=-1)
 
     rows = trailing_order
+    copies = torch.arange(n_copies, device=rows.device)[:, None]
     n_residues = decoding.mask.shape[1]
     if n_trailing < min(MIN_SCORED_ROWS, n_residues):
         # Pad with other residues, whose recomputed states are dropped again.
-        copies = torch.arange(n_copies, device=rows.device)[:, None]
         others = torch.ones((n_copies, n_residues), dtype=torch.bool, device=rows.device)
         others[copies, rows] = False
         n_padding = min(MIN_SCORED_ROWS, n_residues) - n_trailing
         padding = torch.nonzero(others)[:, 1].view(n_copies, -1)[:, :n_padding]
         rows = torch.cat([rows, padding], dim=1)
 
-    copies = torch.arange(n_copies, device=rows.device)[:, None]
     E_idx_rows = decoding.E_idx[copies, rows]
     h_ES_rows = cat_neighbors_nodes(decoding.h_S, decoding.h_E[copies, rows], E_idx_rows)
     mask_bw_rows = decoding.mask_bw[copies, rows]

@@ -19,6 +19,7 @@ from peptide_opt.config import JobConfig, build_config, parse_config_text, parse
 from peptide_opt.errors import InputError
 from peptide_opt.pipeline.prepare import (
     RECEPTOR_SUFFIXES,
+    check_regular_file,
     normalize_peptide,
     read_peptide_file,
 )
@@ -43,7 +44,7 @@ def load_files(
     """Build a job from a receptor file and a peptide given as a sequence, FASTA text or
     the path of a FASTA file."""
     warnings: list[str] = []
-    check_regular_file(receptor, "receptor")
+    check_regular_file(receptor, f"receptor {receptor}")
     peptide_path = Path(peptide) if len(peptide) < 4096 else None
     if peptide_path is not None and peptide_path.is_file():
         sequence = read_peptide_file(peptide_path)
@@ -75,19 +76,6 @@ def load_job_folder(folder: Path, overrides: Mapping[str, Any] | None = None) ->
     receptor = find_receptor(folder, config.receptor_pdb_filename)
     _check_sequence_config(sequence, config, warnings)
     return JobInputs(receptor, sequence, config, warnings)
-
-
-def check_regular_file(path: Path, what: str) -> None:
-    """Raise InputError unless ``path`` is a regular file (not a folder or a device)."""
-    if path.is_file():
-        return
-    if path.is_dir():
-        reason = "is a folder, not a file"
-    elif path.exists():
-        reason = "is not a regular file (a device, pipe or socket)"
-    else:
-        reason = "file not found"
-    raise InputError(f"{what} {path}: {reason}")
 
 
 def find_receptor(folder: Path, file_name: str | None) -> Path:

@@ -94,6 +94,19 @@ def read_peptide_file(path: Path) -> str:
 # Receptor validation
 
 
+def check_regular_file(path: Path, label: str) -> None:
+    """Raise InputError, prefixed by ``label``, unless ``path`` is a regular file."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        reason = "is a folder, not a file"
+    elif path.exists():
+        reason = "is not a regular file (a device, pipe or socket)"
+    else:
+        reason = "file not found"
+    raise InputError(f"{label}: {reason}")
+
+
 def validate_receptor_file(path: Path) -> gemmi.Structure:
     """Read a receptor file and check that it is a usable protein structure.
 
@@ -101,11 +114,7 @@ def validate_receptor_file(path: Path) -> gemmi.Structure:
     a PDB or mmCIF structure, no protein atoms, and a CA-only model.
     """
     name = path.name
-    if not path.is_file():
-        reason = "file not found"
-        if path.exists():
-            reason = "is not a regular file"
-        raise InputError(f"receptor {name}: {reason}")
+    check_regular_file(path, f"receptor {name}")
     size = path.stat().st_size
     if size == 0:
         raise InputError(f"receptor {name}: the file is empty")

@@ -189,38 +189,34 @@ def test_paused_worker_past_lease_no_double_finish(queue_db, start_worker, tmp_p
 
 
 def test_fairness_second_user_before_third(queue_db, start_worker, tmp_path):
-    log = tmp_path / "runs.log"
     alice = queue_db.add_user("alice")
     bob = queue_db.add_user("bob")
     start_worker()
     start_worker()
     wait_for_workers(queue_db, 2)
 
-    # Alice's first task is short, so one worker is free about 1.2 s before the
-    # other. Its next claim decides between Bob's task and Alice's third.
-    with queue_db.connection.transaction():
-        alice_ids = [
-            queue_db.add_task(
-                "peptide_opt.sleep",
-                alice,
-                {"seconds": 0.3 if index == 0 else 1.5, "log": str(log)},
-            )
-            for index in range(20)
-        ]
-    bob_id = queue_db.add_task(
-        "peptide_opt.sleep", bob, {"seconds": 0.5, "log": str(log)}
-    )
-    queue_db.wait_for_status(bob_id, "finished", timeout=20)
-    queue_db.wait_for_status(alice_ids[2], {"processing", "finished"}, timeout=20)
+    # One transaction per task, as the platform inserts them, so that the tasks are
+    # taken in creation order. Alice's short first task frees one worker 2 s early.
+    alice_ids = [
+        queue_db.add_task(
+            "peptide_opt.sleep", alice, {"seconds": 1.0 if index == 0 else 3.0}
+        )
+        for index in range(20)
+    ]
+    bob_id = queue_db.add_task("peptide_opt.sleep", bob, {"seconds": 0.5})
+    queue_db.wait_for_status(bob_id, "finished", timeout=30)
 
-    start_of = {line[0]: line[4] for line in _log_lines(log) if line[3] == "start"}
-    alice_starts = sorted(
-        start_of[task_id] for task_id in alice_ids if task_id in start_of
+    def alice_claims() -> list:
+        rows = [queue_db.task(task_id) for task_id in alice_ids]
+        return sorted(row["started_at"] for row in rows if row["started_at"])
+
+    queue_db.wait_for(
+        lambda: len(alice_claims()) >= 3, timeout=30, message="Alice's third claim"
     )
-    # In creation order Bob's task would wait for all 20 of Alice's. The claim
-    # takes the user with fewer running tasks first, so the worker freed at
-    # about 0.3 s takes Bob's task, and Alice's third starts at about 1.5 s.
-    assert start_of[bob_id] < alice_starts[2]
+    # started_at is the time of the claim. The worker freed at 1 s takes Bob's task
+    # because Bob runs fewer tasks, so Alice's third waits until 1.5 s.
+    bob_claim = queue_db.task(bob_id)["started_at"]
+    assert bob_claim < alice_claims()[2], (bob_claim, alice_claims())
 
 
 def test_cancel_running_and_pending(queue_db, start_worker, database_url):

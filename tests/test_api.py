@@ -173,6 +173,12 @@ def test_submit_config_round_trips(api_server, api_users):
             "PQQATDD",
             "receptor_chains C not found among the protein chains of 1czy_complex.pdb",
         ),
+        # The receptor's atoms span about -27..7, -14..35, -5..40 Å.
+        (
+            {"site_center": "500,500,500", "site_size": "20,20,20"},
+            "PQQATDD",
+            "site_center (500.00, 500.00, 500.00) lies outside the receptor's bounding",
+        ),
     ],
 )
 def test_submit_rejects_invalid_input(

@@ -8,6 +8,7 @@ import pytest
 from peptide_opt.config import build_config
 from peptide_opt.errors import InputError
 from peptide_opt.pipeline.prepare import (
+    check_receptor_input,
     normalize_peptide,
     prepare_receptor,
     validate_receptor_file,
@@ -241,3 +242,30 @@ def test_chain_break_reported(tmp_path):
     path = write(tmp_path, "gap.pdb", lines)
     receptor = prepare_receptor(path, build_config({}))
     assert any("chain breaks in the receptor: A49-52" in w for w in receptor.warnings)
+
+
+def test_check_receptor_input_empty_box():
+    # A 6 Å cube at (7, 34, -4) Å, near a corner of the receptor's bounding box
+    # (7.3, 34.9, -5.0), contains no receptor atom.
+    config = build_config({"site_center": "7,34,-4", "site_size": "6,6,6"})
+    with pytest.raises(InputError, match="contains no receptor atom"):
+        check_receptor_input(COMPLEX, config)
+
+
+
+@pytest.mark.parametrize(("chains", "accepted"), [("A", False), ("A,B", True)])
+def test_check_receptor_input_box_counts_kept_chains(chains, accepted):
+    # A 5 Å cube on THR B173 O contains no chain A atom: the nearest is 5.5 Å away,
+    # beyond the cube's 4.3 Å half-diagonal.
+    config = build_config(
+        {
+            "site_center": "-27.393,13.455,23.334",
+            "site_size": "5,5,5",
+            "receptor_chains": chains,
+        }
+    )
+    if accepted:
+        check_receptor_input(COMPLEX, config)
+    else:
+        with pytest.raises(InputError, match="contains no receptor atom"):
+            check_receptor_input(COMPLEX, config)

@@ -87,12 +87,14 @@ def test_score_by_residue_reproducible(
 ):
     # A job run again with the same inputs must report the same affinities. The OpenMM
     # minimization is the step that could differ, through multithreaded force sums.
+    # Two poses with cores=2 are minimized in two processes, one with cores=1 here.
     monkeypatch.setattr(vina, "WHOLE_LIGAND_MEMORY_MB", 0.0)
-    poses = [copy.deepcopy(crystal_pose) for _ in range(2)]
-    for pose in poses:
-        vina_engine.score(czy_receptor, czy_site, [pose], cores=2)
-    assert poses[0].affinity == poses[1].affinity
-    assert poses[0].peptide_pdb == poses[1].peptide_pdb
+    poses = [copy.deepcopy(crystal_pose) for _ in range(3)]
+    vina_engine.score(czy_receptor, czy_site, poses[:2], cores=2)
+    vina_engine.score(czy_receptor, czy_site, poses[2:], cores=1)
+    for pose in poses[1:]:
+        assert pose.affinity == poses[0].affinity
+        assert pose.peptide_pdb == poses[0].peptide_pdb
 
 
 def test_small_peptide_optimized_by_vina(

@@ -1,7 +1,7 @@
 """Task submission: validate the inputs, store them in the platform's layout, queue.
 
 A submission is checked by the pipeline's own validators (``build_config``,
-``normalize_peptide`` and ``check_receptor_chains``) before anything is stored, so
+``normalize_peptide`` and ``check_receptor_input``) before anything is stored, so
 invalid input gets a 422 with their message and no task is created. Its inputs go
 to ``jobs/peptide_optimization/<task id>/`` exactly as the platform lays them out, and
 the row is a plain ``INSERT`` with status ``pending``: workers cannot tell the two
@@ -28,7 +28,7 @@ from peptide_opt.api.keys import Caller, utc_now
 from peptide_opt.api.fields import SERVER_KEYS, USER_KEYS
 from peptide_opt.config import JobConfig, build_config, parse_file_name
 from peptide_opt.errors import InputError
-from peptide_opt.pipeline.prepare import check_receptor_chains, normalize_peptide
+from peptide_opt.pipeline.prepare import check_receptor_input, normalize_peptide
 from peptide_opt.storage.base import ObjectNotFoundError, Storage
 from peptide_opt.storage.keys import InvalidKeyError, job_prefix, validate_key
 
@@ -123,7 +123,7 @@ def normalize_peptide_text(text: str) -> str:
 
 async def check_receptor(path: Path, config: JobConfig) -> None:
     """Run the pipeline's receptor checks in a thread (they parse the structure)."""
-    await asyncio.to_thread(check_receptor_chains, path, config)
+    await asyncio.to_thread(check_receptor_input, path, config)
 
 
 def uploads_prefix(caller: Caller) -> str:

@@ -7,9 +7,7 @@ more than once counts once, represented by its lowest-scoring sample.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import multiprocessing
 import re
 import time
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 from peptide_opt.config import JobConfig
 from peptide_opt.errors import InputError
 from peptide_opt.pipeline.types import Design, PoseDesigns
+from peptide_opt.processes import spawned_pool
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +50,10 @@ def design_poses(
         "omit_amino_acids": config.omit_amino_acids or "",
         "aa_bias": dict(config.aa_bias) if config.aa_bias else None,
     }
-    n_processes = min(cores, len(complexes))
-    if engine is None and n_processes > 1 and not multiprocessing.current_process().daemon:
-        # Spawned, not forked: a forked child inherits the parent's torch and OpenMM
-        # thread pools in an unusable state.
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(
-            n_processes, mp_context=context, initializer=_single_thread
-        ) as pool:
+    # A given engine lives in this process, so only the default one is shared out.
+    n_processes = min(cores, len(complexes)) if engine is None else 1
+    with spawned_pool(n_processes, initializer=_single_thread) as pool:
+        if pool is not None:
             jobs = [
                 pool.submit(_design_one, None, index, text, controls)
                 for index, text in enumerate(complexes, start=1)

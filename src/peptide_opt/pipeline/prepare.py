@@ -20,7 +20,8 @@ import numpy as np
 
 from peptide_opt.config import AMINO_ACIDS, JobConfig
 from peptide_opt.errors import EngineError, InputError
-from peptide_opt.pipeline.types import Receptor
+from peptide_opt.pipeline.site import ReceptorAtoms, check_box
+from peptide_opt.pipeline.types import Receptor, Site
 
 MIN_PEPTIDE_LENGTH = 2
 MAX_PEPTIDE_LENGTH = 50
@@ -237,17 +238,29 @@ def prepare_receptor(path: Path, config: JobConfig) -> Receptor:
     )
 
 
-def check_receptor_chains(path: Path, config: JobConfig) -> None:
-    """Check a receptor file and the chains that ``config`` names in it.
+def check_receptor_input(path: Path, config: JobConfig) -> None:
+    """Check a receptor file, the chains that ``config`` names and its site box.
 
-    Runs the checks of :func:`prepare_receptor` that come before any repair, so that a
-    submission with a missing ``site_chain`` or ``receptor_chains`` fails before it is
-    queued. Raises :class:`InputError`.
+    Runs the checks of :func:`prepare_receptor` that come before any repair, and the
+    site step's check of a given ``site_center``/``site_size`` box on the chosen chains'
+    heavy atoms as read, so that such a submission fails before it is queued. Raises
+    :class:`InputError`.
     """
     structure = validate_receptor_file(path)
     model = structure[0]
     _site_marker(model, config.site_chain, path.name)
-    _choose_chains(_protein_chain_ids(model), config, path.name)
+    chain_ids = _choose_chains(_protein_chain_ids(model), config, path.name)
+    if config.site_center is not None and config.site_size is not None:
+        xyz = [
+            atom.pos.tolist()
+            for chain in model
+            if chain.name in chain_ids
+            for residue in chain
+            for atom in residue
+            if not atom.is_hydrogen()
+        ]
+        atoms = ReceptorAtoms(np.array(xyz, dtype=float).reshape(-1, 3), [], [])
+        check_box(Site(config.site_center, config.site_size, "site_center"), atoms)
 
 
 def _keep_first_model(structure: gemmi.Structure, warnings: list[str]) -> None:

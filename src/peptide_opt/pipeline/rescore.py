@@ -20,13 +20,10 @@ and for the input peptide of every pose.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import logging
 import math
-import multiprocessing
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from peptide_opt.config import JobConfig
@@ -36,6 +33,7 @@ from peptide_opt.pipeline.assemble import assemble_complex
 from peptide_opt.pipeline.contacts import InterfaceContacts, interface_contacts
 from peptide_opt.pipeline.design import choose_best_design, unique_designs
 from peptide_opt.pipeline.types import Design, Pose, PoseDesigns, Receptor, Site
+from peptide_opt.processes import spawned_pool
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +125,7 @@ def rescore_designs(
     engine = engine or _docking_engine()
     sidechain_engine = sidechain_engine or _sidechain_engine()
     results = []
-    with _thread_pool(cores) as pool:
+    with spawned_pool(cores) as pool:
         for pose, designs in zip(poses, pose_designs):
             started = time.perf_counter()
             scores = rescore_pose(
@@ -317,23 +315,6 @@ def _score_poses(
                     "sequence": pose.detail.get("sequence"),
                 },
             )
-
-
-@contextlib.contextmanager
-def _thread_pool(cores: int) -> Iterator[concurrent.futures.Executor | None]:
-    """Yield a pool of ``cores`` processes for threading, or None for one core.
-
-    A daemonic process (a Celery prefork child, for one) may not start children, so it
-    threads its designs itself.
-    """
-    if cores <= 1 or multiprocessing.current_process().daemon:
-        yield None
-        return
-    # Spawned, not forked: the parent may hold OpenMM and torch thread pools, which a
-    # forked child inherits in an unusable state.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(cores, mp_context=context) as pool:
-        yield pool
 
 
 def _docking_engine() -> Any:

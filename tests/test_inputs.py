@@ -69,6 +69,22 @@ def test_peptide_from_fasta_file(tmp_path):
     assert inputs.peptide == "PQQATDD"
 
 
+@pytest.mark.parametrize(
+    ("peptide", "message"),
+    [
+        # Read as a sequence, "nothere.fasta" would fail on its letter O instead.
+        ("nothere.fasta", "peptide nothere.fasta: file not found"),
+        ("missing/peptide", "peptide missing/peptide: file not found"),
+    ],
+)
+def test_missing_peptide_file_reported(monkeypatch, tmp_path, peptide, message):
+    monkeypatch.chdir(tmp_path)
+    receptor = EXAMPLES / "1czy" / "1czy_complex.pdb"
+    with pytest.raises(InputError) as caught:
+        load_files(receptor, peptide)
+    assert str(caught.value) == message
+
+
 def test_stated_prefix_mismatch_warns(job_folder):
     (job_folder / "optimization_config.txt").write_text(
         "storage_prefix=jobs/peptide_optimization/other\n"

@@ -46,13 +46,28 @@ def load_files(
     warnings: list[str] = []
     check_regular_file(receptor, f"receptor {receptor}")
     peptide_path = Path(peptide) if len(peptide) < 4096 else None
-    if peptide_path is not None and peptide_path.is_file():
+    if peptide_path is not None and (
+        peptide_path.exists() or _looks_like_path(peptide)
+    ):
+        check_regular_file(peptide_path, f"peptide {peptide}")
         sequence = read_peptide_file(peptide_path)
     else:
         sequence = normalize_peptide(peptide, source="peptide")
     config = build_config(dict(overrides or {}), warnings)
     _check_sequence_config(sequence, config, warnings)
     return JobInputs(receptor, sequence, config, warnings)
+
+
+#: File name endings of a peptide given as a file, so that a misspelled file name is
+#: reported as a missing file rather than read as a sequence.
+PEPTIDE_FILE_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".seq", ".txt")
+
+
+def _looks_like_path(text: str) -> bool:
+    """Return whether ``text`` names a file: a folder separator or a FASTA ending."""
+    if "\n" in text:
+        return False
+    return "/" in text or text.lower().endswith(PEPTIDE_FILE_SUFFIXES)
 
 
 def load_job_folder(folder: Path, overrides: Mapping[str, Any] | None = None) -> JobInputs:

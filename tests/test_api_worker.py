@@ -29,7 +29,9 @@ JOB_TIMEOUT_S = 900
 STEPS_WITH_TIMINGS = ("prepare", "model", "site", "dock", "score", "assemble", "design")
 
 
-def run_client(server, user, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_client(
+    server, user, *args: str, timeout: float = 120, cwd=None
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "PEPTIDE_OPT_URL": server.url,
@@ -41,6 +43,7 @@ def run_client(server, user, *args: str, timeout: float = 120) -> subprocess.Com
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
     )
 
 
@@ -48,11 +51,15 @@ def test_task_runs_end_to_end(api_server, api_users, api_worker, database_url, t
     user = api_users("end-to-end")
     worker = api_worker()
 
+    # The server accepts no space in a file name, so the client sends another name.
+    receptor = tmp_path / "my receptor.pdb"
+    receptor.write_bytes(COMPLEX.read_bytes())
     submitted = run_client(
-        api_server, user, "submit", "--receptor", str(COMPLEX), "--peptide", PEPTIDE,
+        api_server, user, "submit", "--receptor", str(receptor), "--peptide", PEPTIDE,
         "--poses", "2", "--designs", "2", "--site-chain", "B",
     )
     assert submitted.returncode == 0, submitted.stderr
+    assert "is sent as 'my_receptor.pdb'" in submitted.stderr
     task_id = submitted.stdout.strip()
     waited = run_client(
         api_server, user, "wait", task_id, "--interval", "2",
@@ -115,11 +122,14 @@ def test_task_runs_end_to_end(api_server, api_users, api_worker, database_url, t
     live = [line for line in metrics if line.startswith("peptide_opt_live_workers{")]
     assert sum(float(line.split()[-1]) for line in live) >= 1
 
-    output_dir = tmp_path / "download"
-    downloaded = run_client(
-        api_server, user, "download", task_id, "--output-dir", str(output_dir)
-    )
+    # Without --output-dir, each task's files go to a folder of their own.
+    output_dir = tmp_path / "output" / task_id
+    downloaded = run_client(api_server, user, "download", task_id, cwd=tmp_path)
     assert downloaded.returncode == 0, downloaded.stderr
+    stored = storage_call(
+        api_server.env, "read_text", f"{task['job_dir']}/optimization_config.txt"
+    )
+    assert "receptor_pdb_filename=my_receptor.pdb" in stored.splitlines()
     for name, sha256 in digests.items():
         path = output_dir / name
         assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256, name

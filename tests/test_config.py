@@ -2,7 +2,13 @@
 
 import pytest
 
-from peptide_opt.config import JobConfig, build_config, parse_config_text
+from peptide_opt.config import (
+    JobConfig,
+    build_config,
+    parse_config_text,
+    parse_file_name,
+    safe_file_name,
+)
 from peptide_opt.errors import InputError
 
 PLATFORM_CONFIG = """\
@@ -101,3 +107,19 @@ def test_typed_values_from_json_accepted():
 def test_malformed_line_rejected():
     with pytest.raises(InputError, match="line 2: expected key=value, got 'n_poses 3'"):
         parse_config_text("cleanup=True\nn_poses 3\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("1czy_complex.pdb", "1czy_complex.pdb"),
+        ("my receptor.pdb", "my_receptor.pdb"),
+        ("$(touch x);a.pdb", "f__touch_x__a.pdb"),
+        ("..pdb", "f_.pdb"),
+        ("récepteur.cif", "r_cepteur.cif"),
+    ],
+)
+def test_safe_file_name_accepted(name, expected):
+    # The client sends this name; the server's own check must accept it.
+    assert safe_file_name(name) == expected
+    assert parse_file_name("receptor", expected) == expected

@@ -133,6 +133,17 @@ def parse_file_name(key: str, text: str) -> str:
     return name
 
 
+def safe_file_name(name: str) -> str:
+    """Return ``name`` with every character that :func:`parse_file_name` rejects
+    replaced by ``_``, and ``..`` by ``_.``, so that the result is accepted."""
+    safe = re.sub(r"[^A-Za-z0-9._+-]", "_", name)[:255]
+    while ".." in safe:
+        safe = safe.replace("..", "_.")
+    if not safe[:1].isalnum():
+        safe = ("f" + safe)[:255]
+    return safe
+
+
 def _parse_letters(key: str, text: str) -> str:
     letters = re.sub(r"[\s,]+", "", text).upper()
     for position, letter in enumerate(letters, start=1):

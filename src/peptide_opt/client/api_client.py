@@ -58,8 +58,12 @@ class ApiClient:
         peptide: str,
         config: Mapping[str, str] | None = None,
         priority: int | None = None,
+        file_name: str | None = None,
     ) -> dict[str, Any]:
-        """Upload a receptor file and a peptide with config fields; return the task."""
+        """Upload a receptor file and a peptide with config fields; return the task.
+
+        ``file_name`` is the name the server stores, by default the file's own.
+        """
         fields = {"peptide": peptide, **{k: str(v) for k, v in (config or {}).items()}}
         if priority is not None:
             fields["priority"] = str(priority)
@@ -68,7 +72,8 @@ class ApiClient:
         except OSError as error:
             raise InputError(f"receptor {receptor}: cannot be read ({error})") from None
         with handle:
-            files = {"receptor": (receptor.name, handle, "application/octet-stream")}
+            name = file_name or receptor.name
+            files = {"receptor": (name, handle, "application/octet-stream")}
             return self._json("POST", "/v1/tasks", data=fields, files=files)
 
     def submit_stored(self, body: Mapping[str, Any]) -> dict[str, Any]:

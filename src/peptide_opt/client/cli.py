@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from peptide_opt.api.fields import USER_KEYS
+from peptide_opt.config import safe_file_name
 from peptide_opt.client.api_client import TERMINAL_STATUSES, ApiClient
 from peptide_opt.errors import InputError, PeptideOptError
 from peptide_opt.pipeline.cli import KEY_HELP, SHORT_FORMS
@@ -67,8 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     download.add_argument("task_id", help="the task's id")
     download.add_argument(
-        "--output-dir", type=Path, default=Path("output"),
-        help="folder for the files (default ./output)",
+        "--output-dir", type=Path, default=None,
+        help="folder for the files (default ./output/TASK_ID)",
     )
     download.add_argument(
         "--file", action="append", dest="names", metavar="NAME",
@@ -126,9 +127,18 @@ def run_submit(args: argparse.Namespace) -> int:
         key: getattr(args, key) for key in args.config_keys
         if getattr(args, key) is not None
     }
+    file_name = safe_file_name(args.receptor.name)
+    if file_name != args.receptor.name:
+        print(
+            f"note: receptor {args.receptor.name!r} is sent as {file_name!r}, because "
+            "the server accepts only letters, digits, '.', '_', '+' and '-' in names",
+            file=sys.stderr,
+        )
     with _client(args) as client:
-        task = client.submit(args.receptor, _peptide_text(args.peptide), config,
-                             args.priority)
+        task = client.submit(
+            args.receptor, _peptide_text(args.peptide), config, args.priority,
+            file_name=file_name,
+        )
         for warning in task.get("warnings", []):
             print(f"warning: {warning}", file=sys.stderr)
         if not args.wait:
@@ -186,7 +196,7 @@ def run_download(args: argparse.Namespace) -> int:
                 f"task {args.task_id} has no file {', '.join(missing)}; its files are "
                 f"{', '.join(available) or 'none'}"
             )
-        output_dir = args.output_dir.resolve()
+        output_dir = (args.output_dir or Path("output") / task["id"]).resolve()
         for name in names:
             destination = (output_dir / name).resolve()
             # Names come from the server's manifest; none may leave the output folder.

@@ -38,10 +38,9 @@ the two largest ratios are that close. The scoring must give ``forward``'s very 
 and a matrix product over few rows may sum in another order than one over the whole
 complex, depending on the CPU's kernels. With torch 2.13, 8 rows per pass gave the
 bits of the whole pass on one machine's CPU but not on another's (AVX-512), where 16
-rows did. So the
-scoring pass runs on the fewest rows of :data:`SCORED_ROW_COUNTS` that give the first
-decoder layer the bits of a whole pass on this machine, and on the whole complex when
-none does (tests/test_proteinmpnn_sampler.py checks the log-probabilities).
+rows did. So the scoring pass runs on the fewest rows of :data:`SCORED_ROW_COUNTS` that
+give the first decoder layer the bits of a whole pass on this machine, and on the whole
+complex when none does (tests/test_proteinmpnn_sampler.py checks the log-probabilities).
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ FIXED_ORDER_WEIGHT = 0.0001
 
 #: The logit penalty of an omitted amino acid, as in ``sample``.
 OMITTED_PENALTY = 1e8
+
 
 @dataclasses.dataclass
 class _Decoding:
@@ -245,14 +245,56 @@ def _decode_all(model: Any, decoding: _Decoding) -> None:
     The states are final at the leading residues, which see only each other. The steps
     replace them elsewhere as they decode those residues.
     """
+    decoding.states[1:] = _whole_pass(model, decoding)
+
+
+def _whole_pass(model: Any, decoding: _Decoding) -> list[torch.Tensor]:
+    """Return the states after each decoder layer of a pass over the whole complex
+    with the sequence of ``decoding.h_S``, computed as ``forward`` computes them."""
     h_ES = cat_neighbors_nodes(decoding.h_S, decoding.h_E, decoding.E_idx)
-    for layer_index, layer in enumerate(model.decoder_layers):
-        below = decoding.states[layer_index]
+    states = [decoding.states[0]]
+    for layer in model.decoder_layers:
+        below = states[-1]
         h_ESV = (
             decoding.mask_bw * cat_neighbors_nodes(below, h_ES, decoding.E_idx)
             + decoding.encoder_context
         )
-        decoding.states[layer_index + 1] = layer(below, h_ESV, decoding.mask)
+        states.append(layer(below, h_ESV, decoding.mask))
+    return states[1:]
+
+
+@dataclasses.dataclass
+class _Rows:
+    """The decoder inputs of some residues (B, R) of each batch copy."""
+
+    copies: torch.Tensor
+    rows: torch.Tensor
+    E_idx: torch.Tensor
+    h_ES: torch.Tensor
+    mask_bw: torch.Tensor
+    context: torch.Tensor
+    mask: torch.Tensor
+
+    @classmethod
+    def of(cls, decoding: _Decoding, rows: torch.Tensor) -> _Rows:
+        """Gather the inputs of the residues ``rows`` (B, R) from ``decoding``."""
+        copies = torch.arange(rows.shape[0], device=rows.device)[:, None]
+        E_idx = decoding.E_idx[copies, rows]
+        return cls(
+            copies=copies,
+            rows=rows,
+            E_idx=E_idx,
+            h_ES=cat_neighbors_nodes(decoding.h_S, decoding.h_E[copies, rows], E_idx),
+            mask_bw=decoding.mask_bw[copies, rows],
+            context=decoding.encoder_context[copies, rows],
+            mask=decoding.mask[copies, rows],
+        )
+
+    def run(self, layer: Any, below: torch.Tensor) -> torch.Tensor:
+        """Return the states (B, R, C) that ``layer`` gives these residues."""
+        h_ESV = self.mask_bw * cat_neighbors_nodes(below, self.h_ES, self.E_idx)
+        h_ESV = h_ESV + self.context
+        return layer(below[self.copies, self.rows], h_ESV, self.mask)
 
 
 def _score_sampled(
@@ -273,45 +315,25 @@ def _score_sampled(
     n_residues = decoding.mask.shape[1]
     n_rows = _scored_rows(model, decoding, n_trailing)
     if n_rows == n_residues:
-        return _score_whole(model, decoding)
+        states = _whole_pass(model, decoding)
+        return functional.log_softmax(model.W_out(states[-1]), dim=-1)
+
     rows = trailing_order
     copies = torch.arange(n_copies, device=rows.device)[:, None]
     if n_trailing < n_rows:
         # Pad with other residues, whose recomputed states are dropped again.
         others = torch.ones((n_copies, n_residues), dtype=torch.bool, device=rows.device)
         others[copies, rows] = False
-        padding = torch.nonzero(others)[:, 1].view(n_copies, -1)[:, : n_rows - n_trailing]
+        n_padding = n_rows - n_trailing
+        padding = torch.nonzero(others)[:, 1].view(n_copies, -1)[:, :n_padding]
         rows = torch.cat([rows, padding], dim=1)
 
-    E_idx_rows = decoding.E_idx[copies, rows]
-    h_ES_rows = cat_neighbors_nodes(decoding.h_S, decoding.h_E[copies, rows], E_idx_rows)
-    mask_bw_rows = decoding.mask_bw[copies, rows]
-    context_rows = decoding.encoder_context[copies, rows]
-    mask_rows = decoding.mask[copies, rows]
-    trailing = rows[:, :n_trailing]
-    states = [decoding.states[0]]
-    for layer_index, layer in enumerate(model.decoder_layers):
-        below = states[layer_index]
-        h_ESV = (
-            mask_bw_rows * cat_neighbors_nodes(below, h_ES_rows, E_idx_rows)
-            + context_rows
-        )
-        computed = layer(below[copies, rows], h_ESV, mask_rows)
-        above = decoding.states[layer_index + 1].clone()
-        above[copies, trailing] = computed[:, :n_trailing]
-        states.append(above)
-    return functional.log_softmax(model.W_out(states[-1]), dim=-1)
-
-
-def _score_whole(model: Any, decoding: _Decoding) -> torch.Tensor:
-    """Return the log-probabilities of a decoder pass over every residue, as
-    ``forward`` runs it, with the sampled sequence."""
-    h_ES = cat_neighbors_nodes(decoding.h_S, decoding.h_E, decoding.E_idx)
+    scored = _Rows.of(decoding, rows)
     state = decoding.states[0]
-    for layer in model.decoder_layers:
-        h_ESV = cat_neighbors_nodes(state, h_ES, decoding.E_idx)
-        h_ESV = decoding.mask_bw * h_ESV + decoding.encoder_context
-        state = layer(state, h_ESV, decoding.mask)
+    for layer_index, layer in enumerate(model.decoder_layers):
+        computed = scored.run(layer, state)
+        state = decoding.states[layer_index + 1].clone()
+        state[copies, trailing_order] = computed[:, :n_trailing]
     return functional.log_softmax(model.W_out(state), dim=-1)
 
 
@@ -324,17 +346,19 @@ def _scored_rows(model: Any, decoding: _Decoding, n_trailing: int) -> int:
     shapes and the thread count only, so it is computed once for each.
     """
     n_copies, n_residues = decoding.mask.shape
-    candidates = sorted(
-        {max(n_trailing, count) for count in SCORED_ROW_COUNTS} - {n_residues}
-    )
-    whole_states = None
-    for n_rows in (count for count in candidates if count < n_residues):
+    first_layer = model.decoder_layers[0]
+    all_rows = torch.arange(n_residues, device=decoding.mask.device).expand(n_copies, -1)
+    whole = None
+    for n_rows in sorted({max(n_trailing, count) for count in SCORED_ROW_COUNTS}):
+        if n_rows >= n_residues:
+            break
         key = (n_copies, n_residues, n_rows, torch.get_num_threads())
         if key not in _SAME_BITS:
-            if whole_states is None:
-                whole_states = _first_layer(model, decoding, slice(None))
-            part = _first_layer(model, decoding, slice(0, n_rows))
-            _SAME_BITS[key] = torch.equal(part, whole_states[:, :n_rows])
+            if whole is None:
+                whole = _Rows.of(decoding, all_rows).run(first_layer, decoding.states[0])
+            part = _Rows.of(decoding, all_rows[:, :n_rows])
+            computed = part.run(first_layer, decoding.states[0])
+            _SAME_BITS[key] = torch.equal(computed, whole[:, :n_rows])
         if _SAME_BITS[key]:
             return n_rows
     return n_residues
@@ -343,19 +367,6 @@ def _scored_rows(model: Any, decoding: _Decoding, n_trailing: int) -> int:
 #: Whether a scoring pass over that many rows gives the bits of a whole pass, keyed by
 #: (copies, residues, rows, threads).
 _SAME_BITS: dict[tuple[int, int, int, int], bool] = {}
-
-
-def _first_layer(model: Any, decoding: _Decoding, rows: slice) -> torch.Tensor:
-    """Run the first decoder layer on ``rows`` of the complex, as the scoring does."""
-    index = torch.arange(decoding.mask.shape[1], device=decoding.mask.device)[rows]
-    E_idx = decoding.E_idx[:, index]
-    h_ES = cat_neighbors_nodes(decoding.h_S, decoding.h_E[:, index], E_idx)
-    below = decoding.states[0]
-    h_ESV = (
-        decoding.mask_bw[:, index] * cat_neighbors_nodes(below, h_ES, E_idx)
-        + decoding.encoder_context[:, index]
-    )
-    return model.decoder_layers[0](below[:, index], h_ESV, decoding.mask[:, index])
 
 
 def _draw_for_fixed(

@@ -292,11 +292,13 @@ class VinaDockingEngine:
         grid = self.grid(receptor, site, cores, seed=None)
         mols = [peptide_builder.from_pdb(pose.peptide_pdb) for pose in poses]
         ligands = [ligand_pdbqt(mol, rigid="none") for mol in mols]
+        too_large = [
+            ligand_memory_mb(ligand.text) > WHOLE_LIGAND_MEMORY_MB for ligand in ligands
+        ]
         to_minimize = [
             index
-            for index, (pose, ligand) in enumerate(zip(poses, ligands))
-            if ligand_memory_mb(ligand.text) > WHOLE_LIGAND_MEMORY_MB
-            and not pose.detail.get(MINIMIZED_IN_RECEPTOR)
+            for index, pose in enumerate(poses)
+            if too_large[index] and not pose.detail.get(MINIMIZED_IN_RECEPTOR)
         ]
         minimized_pdb = dict(
             zip(
@@ -309,7 +311,7 @@ class VinaDockingEngine:
             )
         )
         for index, (pose, mol, ligand) in enumerate(zip(poses, mols, ligands)):
-            if ligand_memory_mb(ligand.text) <= WHOLE_LIGAND_MEMORY_MB:
+            if not too_large[index]:
                 energy, optimized = self.optimize(grid, mol, ligand)
                 pose.detail["scoring"] = SCORING_WHOLE
             else:
